@@ -1,0 +1,51 @@
+"""Writing benchmark results: ``benchmarks/results/<ID>.json`` plus one line in RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = "| id | value | goal | unit | met | date | machine | command |\n|---|---|---|---|---|---|---|---|\n"
+
+
+def machine() -> str:
+    """A short description of where the numbers were measured."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.node() or 'host'}: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), {gpu}"
+
+
+def write_result(bench_id: str, value: float, goal: str, unit: str, details: dict[str, Any], met: bool | None = None) -> Path:
+    """Write the JSON result and replace this id's line in RESULTS.md."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    record = {
+        "id": bench_id,
+        "value": value,
+        "goal": goal,
+        "unit": unit,
+        "met": met,
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "machine": machine(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **details,
+    }
+    path = RESULTS_DIR / f"{bench_id}.json"
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    lines = RESULTS_MD.read_text().splitlines(keepends=True) if RESULTS_MD.exists() else []
+    body = [line for line in lines[3:] if not line.startswith(f"| {bench_id} |")] if lines else []
+    row = (
+        f"| {bench_id} | {value:.4g} | {goal} | {unit} | {'yes' if met else 'no' if met is not None else '-'} "
+        f"| {record['date'][:10]} | {record['machine']} | `{record['command']}` |\n"
+    )
+    body = sorted([*body, row])
+    RESULTS_MD.write_text("# Benchmark results\n\n" + HEADER + "".join(body))
+    return path

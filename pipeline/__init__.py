@@ -1,0 +1,2 @@
+"""The data path, read top-down: sources -> detect -> track -> pool -> self-training service ->
+export/registry -> embedder -> matcher. Installed as ``selfreid.pipeline``."""

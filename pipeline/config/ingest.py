@@ -1,0 +1,53 @@
+"""Detection stage: cameras, detector, tracker and the crop policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from selfreid.pipeline.config.base import PluginChoice, Section
+
+__all__ = ["CameraConfig", "CropPolicyConfig", "IngestConfig"]
+
+
+class CameraConfig(Section):
+    """One camera. ``source`` picks the source plugin (file, rtsp, webcam, images, gstreamer)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Stable id used in the pool and the matcher.")
+    name: str = ""
+    source: str = Field("file", description="Source plugin name.")
+    uri: str = Field(description="File path, rtsp:// URL, webcam index, image folder or GStreamer pipeline.")
+    stride: int = Field(1, ge=1, description="Process every n-th frame.")
+    target_fps: float | None = Field(None, gt=0, description="Cap on processed frames per second (live sources).")
+    roi: tuple[int, int, int, int] | None = Field(None, description="Region of interest (x1, y1, x2, y2) in pixels.")
+    realtime: bool = Field(False, description="File sources: play at native speed instead of as fast as possible.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Extra source-plugin settings.")
+
+    @model_validator(mode="after")
+    def _roi_is_a_box(self) -> "CameraConfig":
+        if self.roi is not None and not (self.roi[0] < self.roi[2] and self.roi[1] < self.roi[3]):
+            raise ValueError(f"roi must be (x1, y1, x2, y2) with x1 < x2 and y1 < y2, got {self.roi}")
+        return self
+
+
+class CropPolicyConfig(Section):
+    """Which detections become pool crops."""
+
+    min_height: int = Field(64, ge=1, description="Pixels; smaller people carry too little identity.")
+    min_width: int = Field(24, ge=1)
+    min_aspect: float = Field(1.2, gt=0, description="height / width lower bound (people stand).")
+    max_aspect: float = Field(5.0, gt=0)
+    min_confidence: float = Field(0.4, ge=0, le=1)
+    min_sharpness: float = Field(15.0, ge=0, description="Variance of the Laplacian; lower = blurred.")
+    max_overlap: float = Field(0.5, ge=0, le=1, description="Skip crops covered more than this by another box.")
+    every_k_frames: int = Field(5, ge=1, description="At most one crop per track every k processed frames.")
+    jpeg_quality: int = Field(90, ge=10, le=100)
+
+
+class IngestConfig(Section):
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    detector: PluginChoice = PluginChoice(plugin="yolo")
+    tracker: PluginChoice = PluginChoice(plugin="bytetrack")
+    crops: CropPolicyConfig = CropPolicyConfig()
+    metrics_port: int | None = Field(9101, description="Prometheus metrics port; None = off.")

@@ -1,0 +1,1 @@
+"""Built-in detectors plugins (registered in pyproject.toml under `selfreid.detectors`)."""

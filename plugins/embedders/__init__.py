@@ -1,0 +1,1 @@
+"""Built-in embedders plugins (registered in pyproject.toml under `selfreid.embedders`)."""

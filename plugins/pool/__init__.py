@@ -1,0 +1,1 @@
+"""Built-in pool plugins (registered in pyproject.toml under `selfreid.pools`)."""

@@ -1,0 +1,1 @@
+"""Built-in sources plugins (registered in pyproject.toml under `selfreid.sources`)."""

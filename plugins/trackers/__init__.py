@@ -1,0 +1,1 @@
+"""Built-in trackers plugins (registered in pyproject.toml under `selfreid.trackers`)."""

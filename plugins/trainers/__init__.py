@@ -1,0 +1,1 @@
+"""Built-in trainers plugins (registered in pyproject.toml under `selfreid.trainers`)."""

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command (README, and what CI runs through .ci/run): set up, then run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh --dev
+export YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$PWD/.yolo"
+set +e
+.venv/bin/python -m pytest -q "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: treating as a failure" >&2
+  exit 1
+fi
+exit "$rc"
