@@ -24,6 +24,16 @@ def machine() -> str:
     return f"{platform.node() or 'host'}: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), {gpu}"
 
 
+def reproduce_command() -> str:
+    """How to rerun this benchmark from the repository root (``python -m benchmarks.<name> ...``)."""
+    module = f"benchmarks.{Path(sys.argv[0]).stem}"
+    return " ".join(shlex.quote(a) for a in [".venv/bin/python", "-m", module, *sys.argv[1:]])
+
+
+def _is_result_row(line: str) -> bool:
+    return line.startswith("| ") and not line.startswith("| id |")
+
+
 def write_result(bench_id: str, value: float, goal: str, unit: str, details: dict[str, Any], met: bool | None = None) -> Path:
     """Write the JSON result and replace this id's line in RESULTS.md."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -33,7 +43,7 @@ def write_result(bench_id: str, value: float, goal: str, unit: str, details: dic
         "goal": goal,
         "unit": unit,
         "met": met,
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": reproduce_command(),
         "machine": machine(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **details,
@@ -41,7 +51,7 @@ def write_result(bench_id: str, value: float, goal: str, unit: str, details: dic
     path = RESULTS_DIR / f"{bench_id}.json"
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     lines = RESULTS_MD.read_text().splitlines(keepends=True) if RESULTS_MD.exists() else []
-    body = [line for line in lines[3:] if not line.startswith(f"| {bench_id} |")] if lines else []
+    body = [line for line in lines if _is_result_row(line) and not line.startswith(f"| {bench_id} |")]
     row = (
         f"| {bench_id} | {value:.4g} | {goal} | {unit} | {'yes' if met else 'no' if met is not None else '-'} "
         f"| {record['date'][:10]} | {record['machine']} | `{record['command']}` |\n"
