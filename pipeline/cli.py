@@ -13,6 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from selfreid.pipeline import deploy_cli
+from selfreid.pipeline import ingest_cli
+from selfreid.pipeline import serving_cli
+from selfreid.pipeline import train_cli
+from selfreid.pipeline import service_cli
 from selfreid.pipeline.config import ConfigError, load_config
 
 __all__ = ["app", "main", "ConfigOption", "console", "fail"]
@@ -116,6 +121,19 @@ def doctor_command(config: ConfigOption = None) -> None:
         worst = max(worst, {"ok": 0, "warn": 0, "fail": 1}[check.status])
     Console().print(table)
     raise typer.Exit(worst)
+
+
+app.command("run")(deploy_cli.run_command)
+app.command("health")(deploy_cli.health_command)
+app.command("ingest")(ingest_cli.ingest_command)
+app.command("embed")(serving_cli.embed_command)
+app.command("match")(serving_cli.match_command)
+app.command("api")(serving_cli.api_command)
+app.command("search")(serving_cli.search_command)
+app.command("train")(train_cli.train_command)
+app.command("eval")(train_cli.eval_command)
+app.command("train-service")(service_cli.train_service_command)
+app.add_typer(service_cli.models_app, name="models")
 
 
 def main() -> None:

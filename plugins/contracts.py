@@ -91,6 +91,7 @@ class Embedding:
     track_id: int
     vector: np.ndarray
     model_version: str
+    quality: float = 1.0  # additive: crop quality (detector confidence) for weighted tracklet features
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,14 @@ class ModelConfig(_Frozen):
     num_stripes: int = Field(8, gt=0)
     local_dim: int = Field(256, gt=0)
     input_size: tuple[int, int] = Field((256, 128), description="(height, width) in pixels.")
+    input_norm: Literal["imagenet", "inception"] = Field(
+        "imagenet",
+        description="Pixel scaling: 'imagenet' = RGB/255 minus ImageNet mean over std (torchvision and the seed); "
+        "'inception' = RGB scaled to [-1, 1] (TensorFlow's convention).",
+    )
+    embed_global_weight: float = Field(
+        0.5, ge=0, le=1, description="Share of the global feature in the serving embedding (seed lambda_g = 0.5)."
+    )
 
 
 class AugmentConfig(_Frozen):
@@ -54,6 +62,11 @@ class SCLConfig(_Frozen):
     lambda_c: float = Field(0.05, ge=0, description="Same-camera distance penalty.")
     temperature_scale: float = Field(10.0, gt=0, description="t: logits are <f, M> * t (tau = 1/t).")
     bank_momentum: float = Field(0.5, ge=0, lt=1, description="Momentum of the G/L/M bank updates.")
+    bank_init: Literal["seed", "eval"] = Field(
+        "seed",
+        description="Bank init pass: 'seed' = train-mode BN on flipped, shuffled training batches (as the seed); "
+        "'eval' = eval mode on un-augmented images.",
+    )
     warmup_epochs: int = Field(3, ge=0, description="Epochs of instance discrimination with random negatives.")
     reproduce_warmup_self_negative_bug: bool = Field(
         False, description="Let the anchor appear among its own random negatives, as the seed's np.delete bug does."

@@ -1,0 +1,120 @@
+"""The HTTP API: search by image, identities, health, and a report page people can read.
+
+Endpoints (``create_app(cfg, redis_url)``):
+
+* ``POST /search?top_k=5&min_score=0.8``: body = the image bytes (JPEG/PNG), e.g.
+  ``curl --data-binary @person.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/search``.
+  Returns, per person in the image, the identities above ``min_score`` with every sighting (camera,
+  start/end times, base64 JPEG thumbnail). 400 for an undecodable or empty upload, 413 for one over
+  ``api.max_upload_mb``, 503 while no production model exists.
+* ``GET /identities``: every identity of the served model version's gallery (JSON).
+* ``GET /health``: Redis reachable, model version, execution provider (503 when Redis is down).
+* ``GET /report`` (and ``/``): an HTML page, identities with thumbnails per camera, and an upload form.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import redis
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+
+from selfreid.pipeline.config import AppConfig
+from selfreid.pipeline.embed_service import StopFlag
+from selfreid.pipeline.identity_search import IdentitySearch, SearchError
+
+__all__ = ["create_app", "run_api"]
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def _render_report(search: IdentitySearch) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
+    identities = search.identities()
+    return env.get_template("report.html").render(
+        version=search.embedder.model_version,
+        identities=identities,
+        multi=sum(len(i.cameras) > 1 for i in identities),
+        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def create_app(cfg: AppConfig, redis_url: str, embedder=None, detector=None) -> FastAPI:
+    """The FastAPI application. ``embedder``/``detector`` override the configured plugins (tests, tools)."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    search = IdentitySearch(cfg, client, embedder=embedder, detector=detector)
+    lock = threading.Lock()  # the search object (model swap, gallery cache) is used by one request at a time
+    app = FastAPI(title="selfreid", description="Where else was this person seen?")
+
+    def locked(fn, *args):
+        with lock:
+            return fn(*args)
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        try:
+            client.ping()
+            ok = True
+        except (redis.RedisError, OSError):
+            ok = False
+        body = {
+            "status": "ok" if ok else "redis unavailable",
+            "redis": ok,
+            "model_version": search.embedder.model_version or None,
+            "provider": getattr(search.embedder, "provider", None),
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.post("/search")
+    async def search_endpoint(
+        request: Request,
+        top_k: int | None = Query(None, ge=1, le=100),
+        min_score: float | None = Query(None, ge=-1, le=1),
+    ) -> dict[str, Any]:
+        data = await request.body()
+        if not data:
+            raise HTTPException(400, "empty upload: send the image bytes as the request body")
+        if len(data) > cfg.api.max_upload_mb * 1e6:
+            raise HTTPException(413, f"image larger than {cfg.api.max_upload_mb} MB")
+        try:
+            return await run_in_threadpool(locked, search.search_bytes, data, top_k, min_score)
+        except SearchError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+
+    @app.get("/identities")
+    async def identities() -> dict[str, Any]:
+        found = await run_in_threadpool(locked, search.identities)
+        return {"model_version": search.embedder.model_version or None, "identities": [i.as_dict() for i in found]}
+
+    @app.get("/report", response_class=HTMLResponse)
+    async def report() -> str:
+        return await run_in_threadpool(locked, _render_report, search)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/report")
+
+    app.state.search = search
+    return app
+
+
+def run_api(cfg: AppConfig, redis_url: str, stop: StopFlag) -> None:
+    """Serve on ``api.host:api.port`` until ``stop`` is set."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg, redis_url), host=cfg.api.host, port=cfg.api.port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, name="selfreid-api", daemon=True)
+    thread.start()
+    while not stop.wait(0.5):
+        if not thread.is_alive():
+            break
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -1,0 +1,98 @@
+"""Embeddings in Redis: the stream between the embedder and the matcher.
+
+``{prefix}:embeddings`` is a stream; each entry is one crop's embedding with its model version
+(``crop``, ``cam``, ``ts``, ``track``, ``ver``, ``q`` = quality, ``vec`` = raw float32 bytes, ``jpeg``
+= the crop, kept for thumbnails). Readers use consumer groups (the matcher's is ``matcher``);
+the stream is capped at ``maxlen`` entries (approximate trimming).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+from selfreid.plugins.contracts import Embedding
+
+__all__ = ["EmbeddingStore", "StoredEmbedding"]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class StoredEmbedding:
+    entry_id: str
+    embedding: Embedding
+    jpeg: bytes
+
+
+class EmbeddingStore:
+    """Append embeddings and read them back through consumer groups."""
+
+    def __init__(self, client: redis.Redis, prefix: str, maxlen: int = 50_000) -> None:
+        self.client = client
+        self.key = f"{prefix}:embeddings"
+        self.maxlen = maxlen
+        self._groups: set[str] = set()
+
+    def add(self, items: Sequence[tuple[Embedding, bytes]]) -> list[str]:
+        """Store ``(embedding, crop jpeg)`` pairs in one round trip; returns their stream ids."""
+        pipe = self.client.pipeline(transaction=False)
+        for emb, jpeg in items:
+            fields = {
+                "crop": emb.crop_id,
+                "cam": emb.camera_id,
+                "ts": repr(float(emb.timestamp)),
+                "track": str(int(emb.track_id)),
+                "ver": emb.model_version,
+                "q": repr(float(emb.quality)),
+                "vec": np.asarray(emb.vector, np.float32).tobytes(),
+                "jpeg": jpeg,
+            }
+            pipe.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
+        return [_text(i) for i in pipe.execute()]
+
+    def _ensure_group(self, group: str) -> None:
+        if group in self._groups:
+            return
+        try:
+            self.client.xgroup_create(self.key, group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(group)
+
+    def read(self, group: str, consumer: str, count: int, block_ms: int = 0, pending: bool = False) -> list[StoredEmbedding]:
+        """New entries for ``group`` (``pending=True``: this consumer's unacknowledged ones, after a crash)."""
+        self._ensure_group(group)
+        reply = self.client.xreadgroup(group, consumer, {self.key: "0" if pending else ">"}, count=count,
+                                       block=None if pending else block_ms)
+        out = []
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                if fields:  # a pending entry trimmed away comes back without fields
+                    out.append(self._decode(_text(entry_id), fields))
+        return out
+
+    @staticmethod
+    def _decode(entry_id: str, f: dict) -> StoredEmbedding:
+        emb = Embedding(
+            crop_id=_text(f[b"crop"]),
+            camera_id=_text(f[b"cam"]),
+            timestamp=float(f[b"ts"]),
+            track_id=int(f[b"track"]),
+            vector=np.frombuffer(f[b"vec"], np.float32).copy(),
+            model_version=_text(f[b"ver"]),
+            quality=float(f.get(b"q", 1.0)),
+        )
+        return StoredEmbedding(entry_id, emb, f.get(b"jpeg", b""))
+
+    def ack(self, group: str, entry_ids: Sequence[str]) -> int:
+        return int(self.client.xack(self.key, group, *entry_ids)) if entry_ids else 0
+
+    def __len__(self) -> int:
+        return int(self.client.xlen(self.key))

@@ -1,0 +1,114 @@
+"""``selfreid embed``, ``selfreid match``, ``selfreid api`` and ``selfreid search IMAGE``.
+
+Registered in :mod:`selfreid.pipeline.cli`; the work lives in :mod:`~selfreid.pipeline.embed_service`,
+:mod:`~selfreid.pipeline.match_service`, :mod:`~selfreid.pipeline.api` and
+:mod:`~selfreid.pipeline.identity_search`. Without ``redis.url`` (or ``REDIS_URL``) each command
+starts the embedded Redis in the data directory; Ctrl-C stops a service cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+__all__ = ["embed_command", "match_command", "api_command", "search_command"]
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Site YAML (see configs/); omitted: defaults.")]
+
+
+def _serve(config: Path | None, run: Callable[[Any, str, threading.Event], Any], what: str, overrides: dict | None = None):
+    """Load the config, open Redis, run one service until Ctrl-C; a plugin/config problem is one line."""
+    from selfreid.pipeline.cli import console, fail, load_or_fail
+    from selfreid.pipeline.local_run import _redis_url, _signals_set
+    from selfreid.plugins.registry import PluginError
+
+    cfg = load_or_fail(config)
+    if overrides:
+        cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update=overrides)})
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    with _redis_url(cfg) as url, _signals_set(stop), console.status(f"{what} (Ctrl-C stops)"):
+        try:
+            return run(cfg, url, stop)
+        except PluginError as exc:
+            fail(str(exc))
+
+
+def embed_command(config: ConfigOpt = None) -> None:
+    """Embed pool crops with the production ONNX model (hot-swapped on promotion) for the matcher."""
+    from selfreid.pipeline.cli import console
+    from selfreid.pipeline.embed_service import run_embedder
+
+    stats = _serve(config, run_embedder, "embedding crops")
+    console.print(f"[green]stopped[/]: {stats.embedded} embedded, rejected {dict(stats.rejected) or 'none'}, "
+                  f"{stats.swaps} model swap(s), {stats.errors} error(s)", highlight=False)
+
+
+def match_command(config: ConfigOpt = None) -> None:
+    """Give each person one global identity across cameras from the stored embeddings."""
+    from selfreid.pipeline.cli import console
+    from selfreid.pipeline.match_service import run_matcher
+
+    stats = _serve(config, run_matcher, "matching identities")
+    console.print(f"[green]stopped[/]: {stats.embeddings} embeddings, {stats.new_identities} new identities, "
+                  f"{stats.errors} error(s)", highlight=False)
+
+
+def api_command(
+    config: ConfigOpt = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default: api.host).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: api.port).", min=1, max=65535)] = None,
+) -> None:
+    """Serve the search API and the report page (http://HOST:PORT/report)."""
+    from selfreid.pipeline.api import run_api
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    _serve(config, run_api, "serving the API", overrides)
+
+
+def search_command(
+    image: Annotated[Path, typer.Argument(help="Photo or crop of the person (JPEG/PNG).")],
+    config: ConfigOpt = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Identities per person.")] = None,
+    min_score: Annotated[Optional[float], typer.Option(help="Cosine a hit needs (default: api.min_score).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full JSON result (thumbnails included).")] = False,
+) -> None:
+    """Where else was this person seen? Cameras and times of every matching identity."""
+    import redis
+    from rich.table import Table
+
+    from selfreid.pipeline.cli import console, fail, load_or_fail
+    from selfreid.pipeline.identity_search import IdentitySearch, SearchError
+    from selfreid.pipeline.local_run import _redis_url
+
+    if not image.is_file():
+        fail(f"image not found: {image}")
+    cfg = load_or_fail(config)
+    with _redis_url(cfg) as url:
+        client = redis.Redis.from_url(url)
+        try:
+            result = IdentitySearch(cfg, client).search_bytes(image.read_bytes(), top_k, min_score)
+        except SearchError as exc:
+            fail(str(exc))
+        except (redis.RedisError, OSError) as exc:
+            fail(f"Redis at {url} is not reachable: {exc}")
+        finally:
+            client.close()
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{image.name}: {result['message']} (model {result['model_version']})")
+    for column in ("person", "identity", "score", "camera", "track", "from", "to"):
+        table.add_column(column)
+    for p, person in enumerate(result["people"], 1):
+        for ident in person["identities"]:
+            for s in ident["sightings"]:
+                table.add_row(str(p), str(ident["global_id"]), f"{ident['score']:.3f}", s["camera_id"], str(s["track_id"]),
+                              s["start_iso"], s["end_iso"])
+    console.print(table)

@@ -1,0 +1,350 @@
+"""Cross-camera matcher: one global identity per person, from per-camera tracklets.
+
+How a tracklet gets its global id:
+
+1. Embeddings of one ``(camera, track)`` accumulate into a **tracklet feature** (mean, or weighted by
+   crop quality), not single crops. A tracker id seen again after ``tracklet_gap_s`` opens a new
+   tracklet (trackers reuse ids after a restart).
+2. Once a tracklet holds ``min_crops`` crops it is **decided**: its feature is searched in the gallery
+   of decided tracklets (a FAISS inner-product index) and the best identity with cosine ``>= threshold``
+   wins, subject to: (a) never a tracklet of the same camera that overlaps in time, for any tracklet
+   of that identity; (b) the gap between the two tracklets within ``window_s``; (c) when a
+   ``transitions`` table is given, only listed camera pairs, with travel time in ``[min_s, max_s]``.
+   Otherwise it gets a new id. Ids come from a Redis counter and every decision is persisted, so a new
+   matcher on the same Redis continues with the same ids.
+3. Decided tracklets keep their id; their feature keeps improving as crops arrive.
+
+**Model versions.** Every gallery belongs to one model version (``P:match:v:{version}``) and a query
+of version v is searched only in v's gallery: no comparison ever mixes versions. After a model swap,
+the new version's gallery **starts fresh**; tracklets that were already decided carry their global id
+over (the tracker's continuity, no feature comparison), so the new gallery refills with known
+identities as people keep being seen. The last ``max_versions`` galleries are kept (late embeddings of
+the previous model still match in their own gallery); older ones are dropped, and later embeddings of
+a dropped version are rejected (counted in ``rejected["retired_version"]``), never compared.
+
+Events on ``P:events``: ``new_identity``, ``matched_across_cameras`` and ``matched_within_camera``
+(with ``score`` and the matched tracklet). :meth:`CrossCameraMatcher.prune` drops tracklets older
+than ``max_age_s`` (data time: the newest timestamp seen).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+from selfreid.plugins.contracts import Assignment, Embedding, Index
+from selfreid.plugins.matchers.faiss_index import FaissIndex
+from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord, tracklet_key
+
+__all__ = ["CrossCameraMatcher", "Transition"]
+
+log = logging.getLogger(__name__)
+
+
+class Transition(BaseModel):
+    """Camera ``from_camera`` connects to ``to_camera`` with a travel time in ``[min_s, max_s]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    from_camera: str
+    to_camera: str
+    min_s: float = Field(0.0, ge=0, description="Fastest plausible walk between the two views.")
+    max_s: float = Field(600.0, gt=0, description="Slowest plausible walk; longer gaps do not match.")
+    bidirectional: bool = True
+
+
+def _interval_gap(a: TrackletRecord, b: TrackletRecord) -> float:
+    """Seconds between two time spans (0 when they overlap)."""
+    return max(0.0, a.start - b.end, b.start - a.end)
+
+
+def _overlap(a: TrackletRecord, b: TrackletRecord) -> bool:
+    return a.start <= b.end and b.start <= a.end
+
+
+@dataclass
+class _Gallery:
+    """One model version's tracklets and the index of its decided ones."""
+
+    version: str
+    dim: int
+    index: Index
+    tracklets: dict[str, TrackletRecord] = field(default_factory=dict)
+    members: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
+    pending: set[str] = field(default_factory=set)  # tracklets without a global id yet
+
+    def put(self, rec: TrackletRecord) -> None:
+        self.tracklets[rec.key] = rec
+        if rec.global_id is None:
+            self.pending.add(rec.key)
+        else:
+            self.put_decided(rec)
+
+    def put_decided(self, rec: TrackletRecord) -> None:
+        self.index.add([rec.key], rec.feature[None])
+        self.members[rec.global_id].add(rec.key)
+        self.pending.discard(rec.key)
+
+    def drop(self, key: str) -> None:
+        rec = self.tracklets.pop(key)
+        self.pending.discard(key)
+        if rec.global_id is not None:
+            self.index.remove([key])
+            self.members[rec.global_id].discard(key)
+
+
+class CrossCameraMatcher:
+    """The ``cross_camera`` matcher plugin (see the module docstring)."""
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        threshold: float = Field(
+            0.85, ge=-1, le=1,
+            description="Cosine between tracklet features to join an identity (higher = stricter). Model-dependent: "
+            "calibrate with benchmarks/idf1_vtest.py (0.85 suits the ImageNet MobileNetV2 baseline).",
+        )
+        min_crops: int = Field(5, ge=1, description="Crops a tracklet needs before it is decided (more = surer, later).")
+        aggregation: Literal["mean", "quality"] = Field(
+            "mean", description="Tracklet feature: plain mean, or weighted by crop quality (detector confidence)."
+        )
+        window_s: float | None = Field(3600.0, gt=0, description="Max time between two tracklets to match; None = any.")
+        transitions: list[Transition] = Field(
+            default_factory=list, description="Camera topology; empty = every camera pair may connect."
+        )
+        tracklet_gap_s: float = Field(10.0, gt=0, description="A tracker id unseen this long starts a new tracklet.")
+        max_age_s: float = Field(7 * 86400.0, gt=0, description="prune() drops tracklets older than this.")
+        max_versions: int = Field(2, ge=1, description="Model versions whose galleries are kept.")
+        top_k: int = Field(50, ge=1, description="Gallery candidates examined per decision.")
+        events_maxlen: int = Field(100_000, ge=100, description="Approximate length cap of the events stream.")
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client: redis.Redis,
+        prefix: str = "selfreid",
+        index_factory: Callable[[], Index] | None = None,
+    ) -> None:
+        self.settings = settings or self.Settings()
+        self.store = GalleryStore(client, prefix)
+        self._index_factory = index_factory or FaissIndex
+        self._galleries: dict[str, _Gallery] = {}
+        self._segments = self.store.load_segments()
+        self._now = max((s["last_ts"] for s in self._segments.values()), default=0.0)
+        self._retired = self.store.retired_versions()
+        self.rejected: Counter[str] = Counter()
+        self.comparisons: Counter[str] = Counter()  # version -> gallery searches (one version per search)
+
+    # -- galleries ----------------------------------------------------------------------------
+    def gallery(self, version: str, dim: int | None = None) -> _Gallery:
+        """The gallery of ``version``, loaded from Redis on first use."""
+        if version in self._galleries:
+            return self._galleries[version]
+        known = self.store.versions()
+        if version not in known and dim is None:
+            raise KeyError(f"no gallery for model version {version!r}")
+        dim = dim or known[version]["dim"]
+        self.store.register_version(version, dim)
+        g = _Gallery(version, dim, self._index_factory())
+        for rec in self.store.load_tracklets(version):
+            g.put(rec)
+        self._galleries[version] = g
+        self._retire_old_versions()
+        return g
+
+    def _retire_old_versions(self) -> None:
+        versions = list(self.store.versions())
+        for old in versions[: max(0, len(versions) - self.settings.max_versions)]:
+            log.info("dropping the gallery of model version %s (keeping %d)", old, self.settings.max_versions)
+            self.store.drop_version(old)
+            self._galleries.pop(old, None)
+            self._retired.add(old)
+
+    # -- the contract ---------------------------------------------------------------------------
+    def update(self, embeddings: Sequence[Embedding]) -> list[Assignment]:
+        """Add embeddings to their tracklets; return the assignment of every touched, decided tracklet.
+
+        Invalid embeddings (not a finite 1-D vector, or a width that differs from their version's
+        gallery) are skipped and counted in :attr:`rejected`; they never raise.
+        """
+        touched: dict[tuple[str, str], tuple[_Gallery, TrackletRecord]] = {}
+        for emb in sorted(embeddings, key=lambda e: e.timestamp):
+            found = self._accumulate(emb)
+            if found is not None:
+                touched[(emb.model_version, found[1].key)] = found
+        names = {f"{r.camera_id}|{r.track_id}" for _, r in touched.values()}
+        self.store.save_segments({k: self._segments[k] for k in names})
+        assignments, events, dirty = [], [], defaultdict(list)
+        for g, rec in touched.values():
+            if g.version not in self._galleries:  # retired by a newer version within this batch
+                continue
+            result = self._refresh(g, rec, events)
+            dirty[g.version].append(rec)
+            if result is not None:
+                assignments.append(result)
+        for version, records in dirty.items():
+            self.store.save_tracklets(version, records)
+        self.store.emit(events, self.settings.events_maxlen)
+        # tracklets that ended (no crop for tracklet_gap_s) are decided even with fewer than min_crops
+        closed = self._now - self.settings.tracklet_gap_s
+        return assignments + self._decide_pending(lambda rec: rec.end < closed)
+
+    def flush(self) -> list[Assignment]:
+        """Decide every pending tracklet now, whatever its crop count (end of a recording, shutdown)."""
+        return self._decide_pending(lambda rec: True)
+
+    def _decide_pending(self, ready: Callable[[TrackletRecord], bool]) -> list[Assignment]:
+        assignments, events = [], []
+        for g in list(self._galleries.values()):
+            pending = [g.tracklets[k] for k in g.pending if ready(g.tracklets[k])]
+            for rec in sorted(pending, key=lambda r: r.start):
+                assignments.append(self._refresh(g, rec, events, force=True))
+            self.store.save_tracklets(g.version, pending)
+        self.store.emit(events, self.settings.events_maxlen)
+        return assignments
+
+    def _valid(self, emb: Embedding) -> np.ndarray | None:
+        vec = np.asarray(emb.vector, np.float32)
+        if vec.ndim != 1 or vec.size == 0 or not np.isfinite(vec).all():
+            self.rejected["malformed_vector"] += 1
+            return None
+        if emb.model_version in self._retired:  # a late embedding of a model whose gallery was dropped
+            self.rejected["retired_version"] += 1
+            return None
+        known = self._galleries.get(emb.model_version)
+        dim = known.dim if known else self.store.versions().get(emb.model_version, {}).get("dim", vec.size)
+        if vec.size != dim:
+            self.rejected["dimension_mismatch"] += 1
+            log.warning("embedding %s: %d-d, version %s has %d-d; skipped", emb.crop_id, vec.size, emb.model_version, dim)
+            return None
+        return vec / max(float(np.linalg.norm(vec)), 1e-12)
+
+    def _accumulate(self, emb: Embedding) -> tuple[_Gallery, TrackletRecord] | None:
+        vec = self._valid(emb)
+        if vec is None:
+            return None
+        g = self.gallery(emb.model_version, vec.size)
+        key = self._segment_key(emb)
+        rec = g.tracklets.get(key)
+        if rec is None:
+            rec = TrackletRecord(key, emb.camera_id, emb.track_id, emb.timestamp, emb.timestamp, 0, 0.0, np.zeros_like(vec))
+            g.put(rec)
+        weight = max(float(emb.quality), 1e-3) if self.settings.aggregation == "quality" else 1.0
+        rec.feature_sum = rec.feature_sum + weight * vec
+        rec.count += 1
+        rec.weight += weight
+        rec.start, rec.end = min(rec.start, emb.timestamp), max(rec.end, emb.timestamp)
+        self._now = max(self._now, emb.timestamp)
+        return g, rec
+
+    def _segment_key(self, emb: Embedding) -> str:
+        """The open tracklet of this tracker id, or a new one after a gap (shared by all versions)."""
+        name = f"{emb.camera_id}|{emb.track_id}"
+        seg = self._segments.get(name)
+        if seg is None or abs(emb.timestamp - seg["last_ts"]) > self.settings.tracklet_gap_s:
+            seg = {"key": tracklet_key(emb.camera_id, emb.track_id, emb.timestamp), "last_ts": emb.timestamp}
+        seg["last_ts"] = max(seg["last_ts"], emb.timestamp)
+        self._segments[name] = seg
+        return seg["key"]
+
+    # -- decisions ------------------------------------------------------------------------------
+    def _refresh(self, g: _Gallery, rec: TrackletRecord, events: list[dict], force: bool = False) -> Assignment | None:
+        if rec.global_id is not None:
+            g.put_decided(rec)  # replaces the index entry with the improved feature
+            return self._assignment(g, rec, 1.0, False)
+        carried = self.store.global_id_of(rec.key)
+        if carried is not None:  # decided under another model version: same tracklet, same person
+            rec.global_id = carried
+            g.put_decided(rec)
+            return self._assignment(g, rec, 1.0, False)
+        if rec.count < self.settings.min_crops and not force:
+            return None
+        return self._decide(g, rec, events)
+
+    def _decide(self, g: _Gallery, rec: TrackletRecord, events: list[dict]) -> Assignment:
+        self.comparisons[g.version] += 1
+        best_gid, best_score, best_other = None, -2.0, None
+        for match in g.index.search(rec.feature[None], self.settings.top_k)[0]:
+            other = g.tracklets.get(match.key)
+            if other is None or other.global_id is None or match.score < self.settings.threshold:
+                continue
+            if match.score > best_score and self._compatible(g, rec, other):
+                best_gid, best_score, best_other = other.global_id, match.score, other
+        base = {"camera_id": rec.camera_id, "track_id": rec.track_id, "tracklet": rec.key,
+                "timestamp": rec.start, "model_version": g.version}
+        if best_gid is None:
+            rec.global_id = self.store.next_global_id()
+            events.append({"type": "new_identity", "global_id": rec.global_id, **base})
+            g.put_decided(rec)
+            return self._assignment(g, rec, 1.0, True)
+        rec.global_id = best_gid
+        kind = "matched_across_cameras" if best_other.camera_id != rec.camera_id else "matched_within_camera"
+        events.append({"type": kind, "global_id": best_gid, "score": round(best_score, 4),
+                       "matched_camera_id": best_other.camera_id, "matched_tracklet": best_other.key, **base})
+        g.put_decided(rec)
+        return self._assignment(g, rec, best_score, False)
+
+    def _compatible(self, g: _Gallery, rec: TrackletRecord, other: TrackletRecord) -> bool:
+        """Time window and camera topology against ``other``; no same-camera overlap with its identity."""
+        s = self.settings
+        if s.window_s is not None and _interval_gap(rec, other) > s.window_s:
+            return False
+        if other.camera_id != rec.camera_id and s.transitions and not self._transition_ok(other, rec):
+            return False
+        for key in g.members[other.global_id]:
+            mate = g.tracklets.get(key)
+            if mate is not None and mate.camera_id == rec.camera_id and _overlap(mate, rec):
+                return False
+        return True
+
+    def _transition_ok(self, a: TrackletRecord, b: TrackletRecord) -> bool:
+        first, second = (a, b) if a.start <= b.start else (b, a)
+        travel = second.start - first.end
+        for t in self.settings.transitions:
+            pairs = [(t.from_camera, t.to_camera)] + ([(t.to_camera, t.from_camera)] if t.bidirectional else [])
+            if (first.camera_id, second.camera_id) in pairs and t.min_s <= travel <= t.max_s:
+                return True
+        return False
+
+    @staticmethod
+    def _assignment(g: _Gallery, rec: TrackletRecord, score: float, is_new: bool) -> Assignment:
+        return Assignment(rec.camera_id, rec.track_id, rec.global_id, float(score), is_new, g.version)
+
+    # -- maintenance ------------------------------------------------------------------------------
+    def prune(self, now: float | None = None) -> int:
+        """Drop tracklets whose last crop is older than ``max_age_s`` before ``now`` (default: newest seen)."""
+        cutoff = (self._now if now is None else now) - self.settings.max_age_s
+        removed = 0
+        for version in list(self.store.versions()):
+            g = self.gallery(version)
+            old = [k for k, r in g.tracklets.items() if r.end < cutoff]
+            for key in old:
+                g.drop(key)
+            self.store.delete_tracklets(version, old, everywhere=True)
+            removed += len(old)
+        stale = [name for name, seg in self._segments.items() if seg["last_ts"] < cutoff]
+        for name in stale:
+            del self._segments[name]
+        self.store.delete_segments(stale)
+        return removed
+
+    def tracklet_of(self, camera_id: str, track_id: int) -> str | None:
+        """Key of the open tracklet of this tracker id (thumbnails and reports are keyed by it)."""
+        seg = self._segments.get(f"{camera_id}|{track_id}")
+        return seg["key"] if seg else None
+
+    def identities(self, version: str) -> dict[int, list[TrackletRecord]]:
+        """Decided tracklets of one version's gallery, grouped by global id."""
+        out: dict[int, list[TrackletRecord]] = defaultdict(list)
+        for rec in self.gallery(version).tracklets.values():
+            if rec.global_id is not None:
+                out[rec.global_id].append(rec)
+        return dict(out)

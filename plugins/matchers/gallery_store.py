@@ -1,0 +1,176 @@
+"""Redis persistence of the cross-camera gallery: tracklets, global ids, thumbnails, events.
+
+Layout (``P`` = the site prefix):
+
+* ``P:match:next_gid``: counter behind every global id (``INCR``), so ids are never reused;
+* ``P:match:gid``: hash tracklet key -> global id, independent of the model version (a
+  tracklet keeps its identity across a model swap);
+* ``P:match:segments``: hash ``"camera|track"`` -> JSON ``{"key", "last_ts"}``, the open
+  tracklet of each tracker id (a tracker id reused after a long gap opens a new tracklet);
+* ``P:match:versions``: hash model version -> JSON ``{"first_seen", "dim"}``; ``P:match:retired``: set of
+  versions whose gallery was dropped;
+* ``P:match:v:{version}``: hash tracklet key -> JSON :class:`TrackletRecord` (the weighted
+  feature sum as base64 float32, counts, time span, global id); one hash per model version, so
+  features of two versions never meet;
+* ``P:match:thumbs``: hash tracklet key -> JPEG of the tracklet's latest crop;
+* ``P:events``: the matcher's event stream (``new_identity``, ``matched_across_cameras``, ...).
+
+Tracklet keys are ``"camera|track|start_ms"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import redis
+
+__all__ = ["TrackletRecord", "GalleryStore", "tracklet_key"]
+
+
+def tracklet_key(camera_id: str, track_id: int, start: float) -> str:
+    return f"{camera_id}|{track_id}|{int(round(start * 1000))}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class TrackletRecord:
+    """One tracklet of one camera in one model version's gallery."""
+
+    key: str
+    camera_id: str
+    track_id: int
+    start: float
+    end: float
+    count: int
+    weight: float
+    feature_sum: np.ndarray
+    global_id: int | None = None
+
+    @property
+    def feature(self) -> np.ndarray:
+        """The aggregated tracklet feature: the (weighted) mean direction, unit norm."""
+        return self.feature_sum / max(float(np.linalg.norm(self.feature_sum)), 1e-12)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["feature_sum"] = base64.b64encode(self.feature_sum.astype(np.float32).tobytes()).decode()
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "TrackletRecord":
+        data = json.loads(raw)
+        data["feature_sum"] = np.frombuffer(base64.b64decode(data["feature_sum"]), np.float32).copy()
+        return cls(**data)
+
+
+class GalleryStore:
+    """Reads and writes the layout in the module docstring."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, "match", *parts))
+
+    @property
+    def events_key(self) -> str:
+        return f"{self.prefix}:events"
+
+    # -- identities --------------------------------------------------------------------------
+    def next_global_id(self) -> int:
+        return int(self.client.incr(self.key("next_gid")))
+
+    def global_id_of(self, tracklet: str) -> int | None:
+        value = self.client.hget(self.key("gid"), tracklet)
+        return int(value) if value is not None else None
+
+    # -- versions and tracklets ----------------------------------------------------------------
+    def versions(self) -> dict[str, dict[str, Any]]:
+        """Known model versions, oldest first."""
+        raw = {_text(k): json.loads(v) for k, v in self.client.hgetall(self.key("versions")).items()}
+        return dict(sorted(raw.items(), key=lambda kv: kv[1]["first_seen"]))
+
+    def register_version(self, version: str, dim: int) -> None:
+        record = json.dumps({"first_seen": time.time(), "dim": dim})
+        self.client.hsetnx(self.key("versions"), version, record)
+
+    def load_tracklets(self, version: str) -> list[TrackletRecord]:
+        return [TrackletRecord.from_json(v) for v in self.client.hgetall(self.key("v", version)).values()]
+
+    def save_tracklets(self, version: str, records: list[TrackletRecord]) -> None:
+        if not records:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key("v", version), mapping={r.key: r.to_json() for r in records})
+        gids = {r.key: r.global_id for r in records if r.global_id is not None}
+        if gids:
+            pipe.hset(self.key("gid"), mapping=gids)
+        pipe.execute()
+
+    def delete_tracklets(self, version: str, keys: list[str], everywhere: bool) -> None:
+        """Drop tracklets from one version's gallery; ``everywhere`` also forgets their ids and thumbnails."""
+        if not keys:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(self.key("v", version), *keys)
+        if everywhere:
+            pipe.hdel(self.key("gid"), *keys)
+            pipe.hdel(self.key("thumbs"), *keys)
+        pipe.execute()
+
+    def drop_version(self, version: str) -> None:
+        """Delete a version's gallery for good; it is remembered as retired."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(self.key("v", version))
+        pipe.hdel(self.key("versions"), version)
+        pipe.sadd(self.key("retired"), version)
+        pipe.execute()
+
+    def retired_versions(self) -> set[str]:
+        return {_text(v) for v in self.client.smembers(self.key("retired"))}
+
+    # -- open tracklet per tracker id -------------------------------------------------------------
+    def load_segments(self) -> dict[str, dict[str, Any]]:
+        return {_text(k): json.loads(v) for k, v in self.client.hgetall(self.key("segments")).items()}
+
+    def save_segments(self, segments: dict[str, dict[str, Any]]) -> None:
+        if segments:
+            self.client.hset(self.key("segments"), mapping={k: json.dumps(v) for k, v in segments.items()})
+
+    def delete_segments(self, names: list[str]) -> None:
+        if names:
+            self.client.hdel(self.key("segments"), *names)
+
+    # -- thumbnails and events -------------------------------------------------------------------
+    def save_thumbnails(self, jpegs: dict[str, bytes]) -> None:
+        if jpegs:
+            self.client.hset(self.key("thumbs"), mapping=jpegs)
+
+    def thumbnails(self, keys: list[str]) -> dict[str, bytes]:
+        if not keys:
+            return {}
+        values = self.client.hmget(self.key("thumbs"), keys)
+        return {k: v for k, v in zip(keys, values) if v is not None}
+
+    def emit(self, events: list[dict[str, Any]], maxlen: int) -> None:
+        if not events:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            fields = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in event.items()}
+            pipe.xadd(self.events_key, fields, maxlen=maxlen, approximate=True)
+        pipe.execute()
+
+    def read_events(self, count: int = 100) -> list[dict[str, str]]:
+        """The newest ``count`` events, oldest first (for reports and tests)."""
+        entries = self.client.xrevrange(self.events_key, count=count)
+        return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in reversed(entries)]

@@ -1,0 +1,173 @@
+"""OpenCV sources: a video file, a network stream (RTSP/HTTP through FFmpeg) and a local webcam.
+
+All three are built per camera as ``cls(settings, camera=camera_config)``, where ``settings`` is the
+validated ``camera.params`` (see each ``Settings``) and ``camera`` is the
+:class:`~selfreid.pipeline.config.ingest.CameraConfig` (``id``, ``uri``, ``stride``, ``target_fps``,
+``roi``, ``realtime``). Pacing, ROI and counters are described in :mod:`.base`.
+
+Example::
+
+    cam = CameraConfig(id="hall", uri="/data/hall.mp4", stride=2)
+    src = FileSource(FileSource.Settings(), camera=cam)
+    for frame in src.frames():
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from selfreid.plugins.contracts import SourceState
+from selfreid.plugins.sources.base import BaseSource, LiveSettings, SourceError, SourceSettings
+
+__all__ = ["FileSource", "StreamSource", "WebcamSource"]
+
+
+class FileSource(BaseSource):
+    """A recorded video file, decoded with OpenCV.
+
+    Runs as fast as the consumer pulls unless ``camera.realtime`` (then at native speed).
+    Timestamps are the ingest start time plus the frame's position ``(index - 1) / fps``.
+    A missing file raises :class:`SourceError` at construction; a file OpenCV cannot decode
+    (unsupported codec, not a video) ends ``frames()`` with state ``failed`` and ``last_error``.
+    """
+
+    class Settings(SourceSettings):
+        fps: float | None = Field(
+            None, gt=0, description="Frame rate for timestamps and realtime pacing; None = the container's."
+        )
+        max_consecutive_failures: int = Field(
+            25, ge=1, description="Undecodable frames in a row after which the file is treated as ended."
+        )
+
+    def __init__(self, settings: Settings, camera: Any) -> None:
+        super().__init__(settings, camera)
+        self.path = Path(camera.uri).expanduser()
+        if not self.path.is_file():
+            raise SourceError(f"camera {camera.id}: video file not found: {self.path}")
+        self.fps: float | None = settings.fps
+
+    def _raw_frames(self) -> Iterator[tuple[np.ndarray | None, float]]:
+        import cv2
+
+        cap = cv2.VideoCapture(str(self.path))
+        try:
+            if not cap.isOpened():
+                self._fail(f"cannot open {self.path} (not a video, or no OpenCV backend reads it)")
+                return
+            fps = self.fps or self._container_fps(cap.get(cv2.CAP_PROP_FPS))
+            n, pending = (
+                0,
+                0,
+            )  # pending: failed reads not yet known to be mid-file (corrupt) rather than the end
+            while pending < self.settings.max_consecutive_failures:
+                ok, image = cap.read()
+                if not ok:
+                    pending += 1
+                    continue
+                for _ in range(pending):
+                    yield None, n / fps
+                    n += 1
+                pending = 0
+                yield image, n / fps
+                n += 1
+            if n == 0:
+                self._fail(f"cannot decode any frame of {self.path} (unsupported codec?)")
+        finally:
+            cap.release()
+
+    def _fail(self, message: str) -> None:
+        self._state = SourceState.FAILED
+        self.problem("open_failed", message)
+
+    def _container_fps(self, reported: float) -> float:
+        if reported and 0 < reported < 1000:
+            return float(reported)
+        self.problem(
+            "no_fps", f"{self.path.name} reports no frame rate; timestamps assume 25 fps (set params.fps)"
+        )
+        return 25.0
+
+
+class StreamSource(BaseSource):
+    """A live network stream (``rtsp://``, ``http://``, ...) through OpenCV's FFmpeg backend.
+
+    Never raises for a transient failure: a dead URL or a dropped stream sets ``state`` to
+    ``reconnecting`` and reopens after an exponential backoff with jitter (capped at
+    ``reconnect_max_s``), counting ``reconnects``. ``close()`` interrupts a backoff wait at once;
+    a read already blocked in FFmpeg returns within ``read_timeout_s`` (OpenCV cannot cancel it).
+    Frames are read as they arrive; timestamps are the wall clock at capture.
+    """
+
+    live = True
+
+    class Settings(LiveSettings):
+        open_timeout_s: float = Field(10.0, gt=0, description="FFmpeg: give up opening after this long.")
+        read_timeout_s: float = Field(
+            5.0, gt=0, description="FFmpeg: a frame not arriving for this long = stream lost (also bounds close())."
+        )
+
+    def __init__(self, settings: Settings, camera: Any) -> None:
+        super().__init__(settings, camera)
+        if not camera.uri.strip():
+            raise SourceError(f"camera {camera.id}: empty stream URL")
+
+    def _open(self) -> Any:
+        import cv2
+
+        timeouts = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(self.settings.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            int(self.settings.read_timeout_s * 1000),
+        ]
+        return cv2.VideoCapture(self.camera.uri, cv2.CAP_FFMPEG, timeouts)
+
+    def _open_reader(self) -> Any:
+        cap = self._open()
+        if cap.isOpened():
+            return cap
+        cap.release()
+        self.problem("open_failed", f"cannot open {self._describe()}")
+        return None
+
+    def _describe(self) -> str:
+        return self.camera.uri
+
+    def _raw_frames(self) -> Iterator[tuple[np.ndarray | None, float]]:
+        for image in self._reconnecting(self._open_reader, self.settings):
+            yield image, self._elapsed()
+
+
+class WebcamSource(StreamSource):
+    """A local camera by index (``uri: "0"``), with the same reconnection as :class:`StreamSource`."""
+
+    class Settings(LiveSettings):
+        width: int | None = Field(None, ge=1, description="Requested capture width (the driver may refuse).")
+        height: int | None = Field(None, ge=1, description="Requested capture height.")
+
+    def __init__(self, settings: Settings, camera: Any) -> None:
+        BaseSource.__init__(self, settings, camera)
+        if not camera.uri.strip().isdigit():
+            raise SourceError(
+                f"camera {camera.id}: webcam uri must be a device index such as '0', got {camera.uri!r}"
+            )
+        self.device_index = int(camera.uri)
+
+    def _open(self) -> Any:
+        import cv2
+
+        cap = cv2.VideoCapture(self.device_index)
+        if self.settings.width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.settings.width)
+        if self.settings.height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.settings.height)
+        return cap
+
+    def _describe(self) -> str:
+        return f"webcam {self.device_index}"

@@ -1,0 +1,179 @@
+"""The cross-camera matcher on synthetic identities: association rules, persistence, versions, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from selfreid.plugins import registry
+from selfreid.plugins.contracts import Embedding, Matcher
+from selfreid.plugins.matchers.cross_camera import CrossCameraMatcher
+from selfreid.plugins.matchers.faiss_index import FaissIndex
+
+DIM = 32
+PEOPLE = np.random.default_rng(0).standard_normal((6, DIM)).astype(np.float32)
+
+
+def crops(person: int, camera: str, track: int, t0: float, n: int = 4, version: str = "v1", dt: float = 1.0,
+          noise: float = 0.1, seed: int = 0) -> list[Embedding]:
+    """``n`` noisy embeddings of one person as one camera's tracklet, one per ``dt`` seconds."""
+    rng = np.random.default_rng(seed + 1000 * person + track)
+    out = []
+    for i in range(n):
+        v = PEOPLE[person] + noise * rng.standard_normal(DIM).astype(np.float32)
+        out.append(Embedding(f"{camera}/{track}/{i}", camera, t0 + i * dt, track, v / np.linalg.norm(v), version))
+    return out
+
+
+def make(redis_client, **settings) -> CrossCameraMatcher:
+    params = {"threshold": 0.8, "min_crops": 3, **settings}
+    return registry.create("matchers", "cross_camera", params, where="matcher", client=redis_client, prefix="t")
+
+
+def gid(assignments, camera: str, track: int) -> int:
+    return {(a.camera_id, a.track_id): a.global_id for a in assignments}[(camera, track)]
+
+
+def events(redis_client) -> list[dict]:
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in redis_client.xrange("t:events")]
+
+
+def test_same_person_two_cameras_one_identity(redis_client):
+    m = make(redis_client)
+    assert isinstance(m, Matcher)
+    first = m.update(crops(0, "A", 1, 0) + crops(1, "A", 2, 0))
+    second = m.update(crops(0, "B", 7, 30) + crops(2, "B", 8, 30))
+    assert gid(second, "B", 7) == gid(first, "A", 1)
+    assert len({gid(first, "A", 1), gid(first, "A", 2), gid(second, "B", 8)}) == 3
+    kinds = [e["type"] for e in events(redis_client)]
+    assert kinds.count("new_identity") == 3 and kinds.count("matched_across_cameras") == 1
+    matched = next(e for e in events(redis_client) if e["type"] == "matched_across_cameras")
+    assert matched["camera_id"] == "B" and matched["matched_camera_id"] == "A" and float(matched["score"]) > 0.8
+
+
+def test_pending_until_min_crops_and_flush(redis_client):
+    m = make(redis_client, min_crops=5)
+    assert m.update(crops(0, "A", 1, 0, n=2)) == []
+    assert m.update([]) == []
+    flushed = m.flush()
+    assert len(flushed) == 1 and flushed[0].is_new
+
+
+def test_never_joins_overlapping_tracklets_of_one_camera(redis_client):
+    m = make(redis_client)
+    out = m.update(crops(0, "A", 1, 0) + crops(0, "A", 2, 1))  # same look, same camera, same time
+    assert gid(out, "A", 1) != gid(out, "A", 2)
+    later = m.update(crops(0, "A", 3, 100))  # same camera after both ended: allowed
+    assert gid(later, "A", 3) in {gid(out, "A", 1), gid(out, "A", 2)}
+
+
+def test_time_window(redis_client):
+    m = make(redis_client, window_s=60)
+    a = m.update(crops(0, "A", 1, 0))
+    b = m.update(crops(0, "B", 1, 500))
+    assert gid(b, "B", 1) != gid(a, "A", 1)
+
+
+def test_transition_table(redis_client):
+    table = [{"from_camera": "A", "to_camera": "B", "min_s": 5, "max_s": 60, "bidirectional": False}]
+    m = make(redis_client, transitions=table)
+    a = m.update(crops(0, "A", 1, 0) + crops(1, "A", 2, 0) + crops(2, "A", 3, 0))
+    ok = m.update(crops(0, "B", 1, 20))  # A -> B after ~17 s: listed
+    too_late = m.update(crops(1, "B", 2, 300))  # A -> B after ~300 s: slower than max_s
+    unlisted = m.update(crops(2, "C", 1, 20))  # A -> C: not in the table
+    assert gid(ok, "B", 1) == gid(a, "A", 1)
+    assert gid(too_late, "B", 2) != gid(a, "A", 2)
+    assert gid(unlisted, "C", 1) != gid(a, "A", 3)
+
+
+def test_global_ids_survive_a_restart(redis_client):
+    first = make(redis_client)
+    a = first.update(crops(0, "A", 1, 0) + crops(1, "A", 2, 0))
+    del first
+    second = make(redis_client)  # new instance, same Redis
+    cont = second.update(crops(0, "A", 1, 4, n=2))  # the same tracklet goes on
+    b = second.update(crops(1, "B", 5, 30))  # seen in another camera
+    new = second.update(crops(3, "B", 6, 30))  # a stranger: a new id, never a reused one
+    assert gid(cont, "A", 1) == gid(a, "A", 1)
+    assert gid(b, "B", 5) == gid(a, "A", 2)
+    assert gid(new, "B", 6) > max(gid(a, "A", 1), gid(a, "A", 2))
+
+
+class SpyIndex(FaissIndex):
+    """Records the version of every vector it is given, to prove galleries never mix."""
+
+    def __init__(self, log: list) -> None:
+        super().__init__()
+        self.log = log
+
+    def add(self, keys, vectors):
+        self.log.append(("add", id(self), len(keys)))
+        super().add(keys, vectors)
+
+    def search(self, queries, k):
+        self.log.append(("search", id(self), len(queries)))
+        return super().search(queries, k)
+
+
+def test_model_swap_never_compares_across_versions(redis_client):
+    log: list = []
+    m = CrossCameraMatcher(CrossCameraMatcher.Settings(threshold=0.8, min_crops=3), client=redis_client,
+                           prefix="t", index_factory=lambda: SpyIndex(log))
+    a = m.update(crops(0, "A", 1, 0, version="v1"))
+    # identical vectors, but produced by model v2: must not be compared with v1's gallery
+    b = m.update(crops(0, "B", 1, 30, version="v2"))
+    assert gid(b, "B", 1) != gid(a, "A", 1)
+    assert m.comparisons == {"v1": 1, "v2": 1}
+    v1_index, v2_index = m.gallery("v1").index, m.gallery("v2").index
+    assert v1_index is not v2_index and len(v1_index) == 1 and len(v2_index) == 1
+    # a tracklet decided under v1 keeps its id under v2 (tracker continuity, no comparison)
+    cont = m.update(crops(0, "A", 1, 4, n=2, version="v2"))
+    assert gid(cont, "A", 1) == gid(a, "A", 1) and m.comparisons["v2"] == 1
+    stored = {k.decode(): json.loads(v)["dim"] for k, v in redis_client.hgetall("t:match:versions").items()}
+    assert stored == {"v1": DIM, "v2": DIM}
+
+
+def test_old_versions_are_dropped(redis_client):
+    m = make(redis_client, max_versions=2)
+    for v in ("v1", "v2", "v3"):
+        m.update(crops(0, "A", 1, 0, version=v))
+    assert set(m.store.versions()) == {"v2", "v3"} and not redis_client.exists("t:match:v:v1")
+    assert m.update(crops(1, "B", 2, 50, version="v1")) == []  # late v1 embeddings: rejected, v2 is kept
+    assert m.rejected == {"retired_version": 4} and set(m.store.versions()) == {"v2", "v3"}
+    assert make(redis_client, max_versions=2).update(crops(1, "B", 2, 60, version="v1")) == []  # after a restart too
+
+
+def test_bad_embeddings_are_rejected_not_raised(redis_client):
+    m = make(redis_client)
+    m.update(crops(0, "A", 1, 0))
+    wrong_dim = Embedding("x", "B", 1.0, 9, np.ones(DIM + 3, np.float32), "v1")
+    nan = Embedding("y", "B", 1.0, 9, np.full(DIM, np.nan, np.float32), "v1")
+    matrix = Embedding("z", "B", 1.0, 9, np.ones((2, DIM), np.float32), "v1")
+    assert m.update([wrong_dim, nan, matrix]) == []
+    assert m.rejected == {"dimension_mismatch": 1, "malformed_vector": 2}
+    with pytest.raises(KeyError, match="no gallery"):
+        m.gallery("never-seen")
+
+
+def test_prune_by_age(redis_client):
+    m = make(redis_client, max_age_s=100)
+    m.update(crops(0, "A", 1, 0) + crops(1, "A", 2, 0))
+    m.update(crops(2, "B", 1, 500))
+    assert m.prune() == 2
+    assert list(m.identities("v1")) == [3]
+    assert len(m.gallery("v1").index) == 1 and redis_client.hlen("t:match:v:v1") == 1
+
+
+def test_quality_weighting_limits_outliers(redis_client):
+    good = crops(0, "A", 1, 0, n=4)
+    outlier = Embedding("o", "A", 4.0, 1, PEOPLE[1] / np.linalg.norm(PEOPLE[1]), "v1", quality=0.01)
+    person0 = PEOPLE[0] / np.linalg.norm(PEOPLE[0])
+    cos = {}
+    for mode in ("mean", "quality"):
+        redis_client.flushall()
+        m = make(redis_client, aggregation=mode, min_crops=10)
+        m.update(good + [outlier])
+        cos[mode] = float(m.gallery("v1").tracklets[m.tracklet_of("A", 1)].feature @ person0)
+    assert cos["quality"] > cos["mean"]
