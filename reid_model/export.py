@@ -169,7 +169,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] 
     model.eval()
     device = next(model.parameters()).device
     dummy = torch.zeros(2, 3, *spec.input_size, device=device)
-    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
         try:
             _trace(model, dummy, raw, opset, exporter)

@@ -61,10 +61,8 @@ class FileSource(BaseSource):
                 self._fail(f"cannot open {self.path} (not a video, or no OpenCV backend reads it)")
                 return
             fps = self.fps or self._container_fps(cap.get(cv2.CAP_PROP_FPS))
-            n, pending = (
-                0,
-                0,
-            )  # pending: failed reads not yet known to be mid-file (corrupt) rather than the end
+            # pending: failed reads not yet known to be corrupt frames mid-file rather than the end
+            n, pending = 0, 0
             while pending < self.settings.max_consecutive_failures:
                 ok, image = cap.read()
                 if not ok:
@@ -109,7 +107,9 @@ class StreamSource(BaseSource):
     class Settings(LiveSettings):
         open_timeout_s: float = Field(10.0, gt=0, description="FFmpeg: give up opening after this long.")
         read_timeout_s: float = Field(
-            5.0, gt=0, description="FFmpeg: a frame not arriving for this long = stream lost (also bounds close())."
+            5.0,
+            gt=0,
+            description="FFmpeg: a frame not arriving for this long = stream lost (also bounds close()).",
         )
 
     def __init__(self, settings: Settings, camera: Any) -> None:
@@ -152,7 +152,7 @@ class WebcamSource(StreamSource):
         height: int | None = Field(None, ge=1, description="Requested capture height.")
 
     def __init__(self, settings: Settings, camera: Any) -> None:
-        BaseSource.__init__(self, settings, camera)
+        super().__init__(settings, camera)
         if not camera.uri.strip().isdigit():
             raise SourceError(
                 f"camera {camera.id}: webcam uri must be a device index such as '0', got {camera.uri!r}"

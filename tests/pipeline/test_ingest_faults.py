@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -216,13 +217,22 @@ def test_dead_and_broken_cameras_do_not_stop_a_live_one(shared_data, tmp_path, r
     }
 
 
-def test_redis_down_from_the_start_counts_every_crop_as_dropped(shared_data, tmp_path):
+def test_redis_down_from_the_start_counts_every_crop_as_dropped(shared_data, tmp_path, caplog):
     cfg = fault_config([{"id": "pets", "uri": str(shared_data / "pets09-s2l1" / "vtest.avi")}], max_queue=10)
+    busy = socket.socket()
+    busy.bind(("0.0.0.0", 0))  # and the metrics port is taken: metrics go off, ingest goes on
+    busy.listen()
+    ingest = cfg.ingest.model_copy(update={"metrics_port": busy.getsockname()[1]})
+    cfg = cfg.model_copy(update={"ingest": ingest})
     watcher = Watcher()
     t0 = time.monotonic()
-    stats = run_ingest(
-        cfg, f"unix://{tmp_path}/no-redis.sock", threading.Event(), max_frames=12, on_status=watcher
-    )["pets"]
+    try:
+        stats = run_ingest(
+            cfg, f"unix://{tmp_path}/no-redis.sock", threading.Event(), max_frames=12, on_status=watcher
+        )["pets"]
+    finally:
+        busy.close()
+    assert "cannot serve Prometheus metrics" in caplog.text
     assert time.monotonic() - t0 < 60
     assert stats.frames == 12 and stats.state == "finished"
     assert stats.crops > 10 and stats.written == 0 and stats.crop_drops == stats.crops

@@ -33,6 +33,18 @@ def _run(tmp_path: Path, shared_data: Path, *args: str, config: Path = LOCAL) ->
     )
 
 
+def _servers_in(folder: Path) -> list[int]:
+    """Pids of processes (the embedded redis-server) still running in ``folder``."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(proc / "cwd")) == folder.resolve():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
 def _free_port() -> int:
     import socket
 
@@ -102,6 +114,7 @@ def test_sigint_stops_cleanly_and_a_crashing_stage_fails_the_run(tmp_path: Path,
     out, _ = run.communicate(timeout=60)
     assert run.returncode == 0, out
     assert "ended: interrupted" in out and "stopped" in out
+    assert _servers_in(tmp_path / "data" / "redis") == [], "the embedded redis-server outlived the run"
 
     broken = tmp_path / "broken.yaml"
     broken.write_text(LOCAL.read_text().replace("imgsz: 640", "imgsz: 640\n      weights: /nonexistent/yolo.pt"))
@@ -123,6 +136,8 @@ def test_all_stages_end_to_end_on_two_cameras(tmp_path: Path, shared_data: Path)
     assert "ended: idle" in out, out
     logs = tmp_path / "data" / "logs"
     assert {p.stem for p in logs.glob("*.log")} == {s.name for s in (INIT, *STAGES)}, out
+
+    assert _servers_in(tmp_path / "data" / "redis") == [], "the embedded redis-server outlived the run"
 
     cfg = load_config(LOCAL)
     prefix = cfg.pool.prefix
