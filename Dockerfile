@@ -31,7 +31,7 @@ ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRI
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 # TORCH_FROM_BASE=1 (Jetson): the venv sees the base image's torch and pip keeps it.
 RUN if [ "$TORCH_FROM_BASE" = 1 ]; then python3 -m venv --system-site-packages /opt/venv; \

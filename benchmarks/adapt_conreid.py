@@ -7,10 +7,13 @@ are hidden from training (used only to log the precision of the selected positiv
 Market protocol, cosine distance on the serving embedding; the seed's test-time camera penalty
 (lambda_c = 0.05) is reported separately.
 
-CPU setting (default; sized for 2 shared cores): mobilenet_v2 with the offline ImageNet weights,
-input 128x64 (Con-ReID's native 64x128 crops, no upsampling), a random subsample of
-``--train-crops`` training crops, ``--epochs`` epochs of which the first is warm-up (the seed: 3
-of 50), at most ``--query-per-id`` queries and ``--gallery-per-id`` gallery crops per held-out id.
+CPU setting (default; sized for 2 cores shared with five other jobs): mobilenet_v2 with the offline
+ImageNet weights, input 128x64 (Con-ReID's native 64x128 crops, no upsampling), a training pool of
+``--train-ids`` random training identities with ``--train-crops-per-id`` random crops each (12 x 20
+= 240 crops: a dense pool, as a site's pool is, where each person has more views than the P = 7
+positives; a random 240-crop sample of all 51 training ids has ~5 crops per person, fewer than P),
+``--epochs`` epochs of which the first is warm-up (the seed: 3 of 50), at most ``--query-per-id``
+queries and ``--gallery-per-id`` gallery crops per held-out id.
 Everything else is the seed's config (batch 8, SGD 1e-3, P=7, K=500 clipped to N-P-1).
 
 ``--seed-gpu``: the full seed setting (resnet50, 256x128, 50 epochs, 3 warm-up, every crop) for a GPU.
@@ -95,17 +98,20 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="Con-ReID bounding_box_train (default: the shared data)")
     parser.add_argument("--seed-gpu", action="store_true", help="full seed setting (resnet50, 50 epochs)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--train-crops", type=int, default=480)
+    parser.add_argument("--train-ids", type=int, default=12, help="identities in the training pool")
+    parser.add_argument("--train-crops-per-id", type=int, default=20)
+    parser.add_argument("--train-crops", type=int, default=None, help="cap on training crops")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--query-per-id", type=int, default=4)
-    parser.add_argument("--gallery-per-id", type=int, default=30)
-    parser.add_argument("--variant-minutes", type=float, default=16.0, help="training budget per variant")
+    parser.add_argument("--query-per-id", type=int, default=3)
+    parser.add_argument("--gallery-per-id", type=int, default=20)
+    parser.add_argument("--variant-minutes", type=float, default=12.0, help="training budget per variant")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.seed_gpu:
         args.backbone, args.input_size, args.epochs, args.warmup = "resnet50", (256, 128), 50, 3
-        args.train_crops = args.query_per_id = args.gallery_per_id = args.variant_minutes = None
+        args.train_ids = args.train_crops_per_id = args.train_crops = None
+        args.query_per_id = args.gallery_per_id = args.variant_minutes = None
         args.workers = 4
     else:
         args.backbone, args.input_size, args.workers = "mobilenet_v2", (128, 64), 0
@@ -117,6 +123,9 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     train, query, gallery = split_market(read_market(args.data), holdout_ids=20, seed=0)
+    if args.train_ids is not None:  # a denser pool: fewer people, several crops each
+        train = [i for i in train if i.pid in set(rng.choice(sorted({i.pid for i in train}), args.train_ids, replace=False))]
+    train = _per_id(train, args.train_crops_per_id, rng)
     train = _sample(train, args.train_crops, rng)
     query, gallery = _per_id(query, args.query_per_id, rng), _per_id(gallery, args.gallery_per_id, rng)
     qd, gd = _dataset(query), _dataset(gallery)

@@ -8,6 +8,8 @@ member list, a camera moves only when its owner joins or leaves, and no lease ha
 around. When the member list changes so that this replica's share changes, ``stop`` is set: the
 replica finishes its frames, returns, and its restart policy starts it again with the new share
 (crash-only: no camera is ever read twice for long, none is dropped for more than one restart).
+A member is ``hostname-pid``, which a restarted container keeps (pid 1), and a replica that exits
+to take a new share does not leave the set, so restarts do not ripple through the other replicas.
 
 Selected with the environment variable ``SELFREID_INGEST_SHARD``:
 
@@ -30,7 +32,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
@@ -87,7 +88,9 @@ class Membership:
         self.client = client
         self.key = f"{prefix}:ingest:members"
         self.ttl_s = ttl_s
-        self.member_id = member_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Stable across restarts of one container (same hostname, pid 1), so a replica that
+        # restarts to take its new share comes back as the same member and moves nothing else.
+        self.member_id = member_id or f"{socket.gethostname()}-{os.getpid()}"
 
     def beat(self) -> list[str]:
         """Renew this member, drop the stale ones, and return the live members (sorted)."""
@@ -107,9 +110,15 @@ class Membership:
 
 
 def _watch(
-    membership: Membership, cameras: Sequence[CameraConfig], mine: list[str], stop: StopEvent, done: threading.Event
+    membership: Membership,
+    cameras: Sequence[CameraConfig],
+    mine: list[str],
+    stop: StopEvent,
+    done: threading.Event,
+    changed: threading.Event,
 ) -> None:
-    """Heartbeat until ingest is done or stopped; set ``stop`` when this replica's share changes."""
+    """Heartbeat until ingest is done or stopped; set ``changed`` and ``stop`` when this replica's
+    share changes."""
     while not done.wait(membership.ttl_s / 3) and not stop.is_set():
         try:
             members = membership.beat()
@@ -119,6 +128,7 @@ def _watch(
         now_mine = [cam.id for cam in membership.share(cameras, members)]
         if now_mine != mine:
             log.info("ingest replicas changed (%d live): my cameras %s -> %s, restarting", len(members), mine, now_mine)
+            changed.set()
             stop.set()
 
 
@@ -151,9 +161,12 @@ def claim_cameras(
     members = membership.beat()
     mine = membership.share(cameras, members)
     log.info("ingest replica %s of %d: cameras %s", membership.member_id, len(members), [c.id for c in mine])
-    done = threading.Event()
+    done, changed = threading.Event(), threading.Event()
     watcher = threading.Thread(
-        target=_watch, args=(membership, cameras, [c.id for c in mine], stop, done), name="camera-assignment", daemon=True
+        target=_watch,
+        args=(membership, cameras, [c.id for c in mine], stop, done, changed),
+        name="camera-assignment",
+        daemon=True,
     )
     watcher.start()
     try:
@@ -163,4 +176,5 @@ def claim_cameras(
     finally:
         done.set()
         watcher.join()
-        membership.leave()
+        if not changed.is_set():  # a real stop; a replica restarting for its new share keeps its place
+            membership.leave()

@@ -29,6 +29,7 @@ The exit code is 0 when every stage returned normally, 1 when one crashed or had
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import multiprocessing as mp
 import os
@@ -101,7 +102,6 @@ class RunOptions:
     config_path: Path | None = None
     drain_timeout_s: float = 60.0
     stop_timeout_s: float = 60.0
-    live: bool = True
 
 
 # --------------------------------------------------------------------------- configuration
@@ -121,22 +121,15 @@ def resolve_sample_data(cfg: AppConfig) -> AppConfig:
 
 
 def _select(options: RunOptions) -> tuple[list[StageSpec], list[str]]:
-    """The requested stages whose module is installed, and the missing ones' names."""
+    """The requested stages whose module is installed, and the missing ones' names (found without
+    importing them: the parent stays light, each stage imports its own stack in its process)."""
     known = {spec.name for spec in STAGES}
     unknown = sorted(set(options.stages or ()) - known)
     if unknown:
         raise StageError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     wanted = [spec for spec in STAGES if options.stages is None or spec.name in options.stages]
-    found, missing = [], []
-    for spec in wanted:
-        module, _, function = spec.target.partition(":")
-        try:
-            present = hasattr(importlib.import_module(module), function)
-        except ModuleNotFoundError as exc:
-            if not module.startswith(str(exc.name)):
-                raise
-            present = False
-        (found if present else missing).append(spec if present else spec.name)
+    found = [spec for spec in wanted if importlib.util.find_spec(spec.target.partition(":")[0]) is not None]
+    missing = [spec.name for spec in wanted if spec not in found]
     if not found:
         raise StageError(f"no stage to run: {', '.join(missing)} not installed")
     return found, missing
@@ -354,9 +347,8 @@ class Supervisor:
     def __post_init__(self) -> None:
         import redis
 
-        from selfreid.pipeline.pool import open_pool
-
         from selfreid.pipeline.embedding_store import EmbeddingStore
+        from selfreid.pipeline.pool import open_pool
 
         self.ctx = mp.get_context("spawn")
         self.client = redis.Redis.from_url(self.redis_url)
@@ -431,13 +423,25 @@ class Supervisor:
             render()
 
     def _wait_drained(self, spec: StageSpec, render: Callable[[], None]) -> None:
+        import redis
+
         deadline = time.monotonic() + self.options.drain_timeout_s
-        while (left := self.backlog(spec)) and time.monotonic() < deadline:
-            render()
-            time.sleep(0.5)
+        try:
+            while (left := self.backlog(spec)) and time.monotonic() < deadline:
+                render()
+                time.sleep(0.5)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("cannot check what %s still has to consume (%s); stopping it now", spec.name, exc)
+            return
         if left:
             log.warning("stopping %s with %d %s entries not consumed (drain timeout %.0f s)",
                         spec.name, left, spec.drains, self.options.drain_timeout_s)
+
+    def kill_all(self) -> None:
+        for stage in self.running.values():
+            if stage.process.exitcode is None:
+                stage.process.kill()
+                stage.process.join(5.0)
 
     def close(self) -> None:
         self.client.close()
@@ -512,13 +516,17 @@ def run_local(cfg: AppConfig, options: RunOptions) -> int:
             with _signals_set(sup.shutdown), Live(_table(sup), console=console, auto_refresh=False,
                                                   redirect_stderr=False) as live:
                 def render() -> None:
-                    live.update(_table(sup), refresh=options.live)
+                    live.update(_table(sup), refresh=True)
 
                 sup.start_all()
                 try:
                     sup.watch(render)
                 finally:
-                    sup.stop_all(render)
+                    try:
+                        sup.stop_all(render)
+                    except BaseException:  # a second Ctrl-C, or Redis gone: no more waiting
+                        sup.kill_all()
+                        raise
         finally:
             sup.close()
     for stage in sup.running.values():

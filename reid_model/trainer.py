@@ -150,12 +150,12 @@ class SCLTrainer:
         over flipped, shuffled training batches, as the seed; 'eval': eval mode, test transform."""
         seed_mode = self.cfg.scl.bank_init == "seed"
         self.model.train(seed_mode)
-        batches = self._batches(dataset, -1) if seed_mode else list(torch.split(torch.arange(len(dataset)), 64))
-        covered = torch.cat(batches)
-        missing = torch.ones(len(dataset), dtype=torch.bool)
-        missing[covered] = False
-        if missing.any():  # a dropped trailing single crop still needs a slot value
-            batches[-1] = torch.cat([batches[-1], torch.nonzero(missing).flatten()])
+        # Every slot exactly once (no camera balancing here); a trailing single crop joins the last batch.
+        order = torch.randperm(len(dataset), generator=_epoch_generator(self.cfg.seed, -1, 1)) if seed_mode \
+            else torch.arange(len(dataset))
+        batches = list(torch.split(order, self.cfg.batch_size if seed_mode else 64))
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            batches[-2:] = [torch.cat(batches[-2:])]
         for x, idx in self._track(self._loader(dataset, batches, -1, augment=seed_mode), "init banks"):
             with self._autocast():
                 g, l = self.model(self._to_device(x))

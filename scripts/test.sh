@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh --dev
+# Real tools the tests use: docker-compose 1.29 (compose validation), hadolint, GStreamer + PyGObject.
+bash scripts/ci_tools.sh
+bash scripts/system_deps.sh
 export YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$PWD/.yolo"
 set +e
 .venv/bin/python -m pytest -q "$@"

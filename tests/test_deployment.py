@@ -81,6 +81,17 @@ def test_trainer_reserves_one_nvidia_gpu_and_cpu_variants_do_not(resolved: dict)
         assert "deploy" not in services[f"{name}-cpu"] and services[f"{name}-cpu"]["profiles"] == ["cpu"]
 
 
+def test_cpu_settings_switch_every_app_service_to_the_cpu_image(tmp_path: Path) -> None:
+    env = tmp_path / "cpu.env"
+    env.write_text("REDIS_PASSWORD=x\nCOMPOSE_PROFILES=cpu\nSELFREID_DOCKERFILE=Dockerfile.cpu\nSELFREID_IMAGE=selfreid:cpu\n")
+    result = _compose("config", env_file=env)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name in ("ingest", "trainer-cpu", "embedder-cpu", "matcher", "api", "models-init"):
+        assert services[name]["image"] == "selfreid:cpu" and services[name]["build"]["dockerfile"] == "Dockerfile.cpu"
+        assert "deploy" not in services[name], name
+
+
 def test_every_stage_has_health_restart_volumes_and_redis_url(resolved: dict) -> None:
     services = resolved["services"]
     for name in APP_SERVICES:
@@ -104,7 +115,12 @@ def test_compose_commands_are_real_selfreid_commands(resolved: dict) -> None:
     """Every container command and healthcheck is a command line the CLI accepts (name and options)."""
     runner = CliRunner()
     services = {name: svc for name, svc in resolved["services"].items() if name != "redis"}
-    commands = {tuple(svc["command"]) for svc in services.values()}
+    commands = {tuple(svc["command"]) for svc in services.values() if "entrypoint" not in svc}
+    init = services["models-init"]
+    assert init["entrypoint"] == ["sh", "-c"]
+    guard, _, init_command = init["command"][0].partition(" || exec selfreid ")
+    assert guard == "test -f /data/models/production.json"  # the registry's source of truth
+    commands.add(tuple(init_command.split()))
     commands |= {tuple(svc["healthcheck"]["test"][2:]) for svc in services.values() if "healthcheck" in svc}
     for command in sorted(commands):
         result = runner.invoke(app, [*command, "--help"])  # options before --help are still parsed

@@ -66,7 +66,11 @@ def test_auto_mode_two_replicas_share_and_a_leaving_replica_triggers_restart(
         assert not stop.is_set()
         other.leave()  # the other replica goes away: this one must restart to take its cameras
         assert stop.wait(10.0), "share changed but stop was not set"
-    assert redis_client.zcard(f"{prefix}:ingest:members") == 0  # left on exit
+    me = Membership(redis_client, prefix).member_id
+    assert redis_client.zrange(f"{prefix}:ingest:members", 0, -1) == [me.encode()]  # keeps its place
+    with claim_cameras(cfg, redis_client, threading.Event(), settle_s=0.0) as mine:
+        assert [c.id for c in mine] == CAMERA_IDS  # restarted alone: every camera
+    assert redis_client.zcard(f"{prefix}:ingest:members") == 0  # a real stop leaves
 
 
 def test_all_mode_and_with_cameras(monkeypatch: pytest.MonkeyPatch, redis_client) -> None:

@@ -89,6 +89,17 @@ def test_unknown_stage_is_a_clear_error() -> None:
     assert [s.name for s in STAGES] == ["ingest", "embedder", "matcher", "train", "api"]  # shutdown order
 
 
+def test_a_missing_stage_module_is_reported_not_faked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from selfreid.pipeline import local_run
+
+    ghost = local_run.StageSpec("ghost", "selfreid.pipeline.no_such_stage:run_ghost")
+    monkeypatch.setattr(local_run, "STAGES", (*STAGES, ghost))
+    found, missing = _select(RunOptions())
+    assert [s.name for s in found] == [s.name for s in STAGES] and missing == ["ghost"]
+    with pytest.raises(StageError, match="no stage to run: ghost not installed"):
+        _select(RunOptions(stages=("ghost",)))
+
+
 def test_pool_backlog_counts_undelivered_and_unacknowledged(redis_client) -> None:
     from selfreid.pipeline.pool import open_pool
 

@@ -68,6 +68,11 @@ def site(tmp_path, redis_client, v1_files, shared_data):
     return cfg, registry, pool
 
 
+def _small(cfg: AppConfig, **service) -> AppConfig:
+    """The same site training on a 40-crop snapshot (for tests where the model's quality is not the point)."""
+    return cfg.model_copy(update={"service": cfg.service.model_copy(update={"snapshot_crops": 40, **service})})
+
+
 def _pointer(client) -> str:
     return json.loads(client.get(production_key(PREFIX)))["version"]
 
@@ -111,7 +116,7 @@ def test_nan_candidate_is_rejected_and_version_1_keeps_serving(site, redis_serve
             return result
 
     monkeypatch.setattr(train_service, "SCLTrainer", PoisonedTrainer)
-    report = train_service.run_train_service(cfg, redis_server.url, threading.Event(), once=True)[0]
+    report = train_service.run_train_service(_small(cfg), redis_server.url, threading.Event(), once=True)[0]
 
     assert report.outcome == "rejected"
     assert report.detail == "non-finite weights: 10 NaN/Inf values in the trained model"
@@ -132,7 +137,7 @@ run_train_service(cfg, sys.argv[2], threading.Event(), once=True)
 @pytest.mark.slow
 def test_killed_cycle_resumes_from_its_checkpoint(site, tmp_path, redis_server, redis_client):
     cfg, registry, _ = site
-    cfg = cfg.model_copy(update={"service": cfg.service.model_copy(update={"epochs": 2})})
+    cfg = _small(cfg, epochs=2)
     (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
     last = cfg.path(cfg.service.state_dir) / "cycle" / "train" / "last.pt"
     proc = subprocess.Popen([sys.executable, "-c", RUN_ONCE, str(tmp_path / "cfg.json"), redis_server.url])

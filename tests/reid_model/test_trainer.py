@@ -15,6 +15,7 @@ def _first_losses(cfg, crops, steps: int = 2) -> list[float]:
     trainer = SCLTrainer(cfg, progress=False)
     trainer._setup(dataset, None)
     trainer.init_banks(dataset)
+    assert torch.allclose(trainer.banks.G.norm(dim=1), torch.ones(len(dataset)))  # every slot filled
     loader = trainer._loader(dataset, trainer._batches(dataset, 1), 1, augment=True)
     losses = []
     for (x, idx), _ in zip(loader, range(steps)):
