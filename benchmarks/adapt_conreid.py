@@ -9,8 +9,8 @@ Market protocol, cosine distance on the serving embedding; the seed's test-time 
 
 CPU setting (default; sized for 2 cores shared with five other jobs): mobilenet_v2 with the offline
 ImageNet weights, input 128x64 (Con-ReID's native 64x128 crops, no upsampling), a training pool of
-``--train-ids`` random training identities with ``--train-crops-per-id`` random crops each (12 x 20
-= 240 crops: a dense pool, as a site's pool is, where each person has more views than the P = 7
+``--train-ids`` random training identities with ``--train-crops-per-id`` random crops each (12 x 15
+= 180 crops: a dense pool, as a site's pool is, where each person has more views than the P = 7
 positives; a random 240-crop sample of all 51 training ids has ~5 crops per person, fewer than P),
 ``--epochs`` epochs of which the first is warm-up (the seed: 3 of 50), at most ``--query-per-id``
 queries and ``--gallery-per-id`` gallery crops per held-out id.
@@ -99,13 +99,13 @@ def main() -> None:
     parser.add_argument("--seed-gpu", action="store_true", help="full seed setting (resnet50, 50 epochs)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--train-ids", type=int, default=12, help="identities in the training pool")
-    parser.add_argument("--train-crops-per-id", type=int, default=20)
+    parser.add_argument("--train-crops-per-id", type=int, default=15)
     parser.add_argument("--train-crops", type=int, default=None, help="cap on training crops")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--query-per-id", type=int, default=3)
     parser.add_argument("--gallery-per-id", type=int, default=20)
-    parser.add_argument("--variant-minutes", type=float, default=12.0, help="training budget per variant")
+    parser.add_argument("--variant-minutes", type=float, default=10.0, help="training budget per variant")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.seed_gpu:
@@ -124,7 +124,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     train, query, gallery = split_market(read_market(args.data), holdout_ids=20, seed=0)
     if args.train_ids is not None:  # a denser pool: fewer people, several crops each
-        train = [i for i in train if i.pid in set(rng.choice(sorted({i.pid for i in train}), args.train_ids, replace=False))]
+        kept = set(rng.choice(sorted({i.pid for i in train}), args.train_ids, replace=False).tolist())
+        train = [i for i in train if i.pid in kept]
     train = _per_id(train, args.train_crops_per_id, rng)
     train = _sample(train, args.train_crops, rng)
     query, gallery = _per_id(query, args.query_per_id, rng), _per_id(gallery, args.gallery_per_id, rng)

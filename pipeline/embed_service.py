@@ -162,8 +162,7 @@ class _EmbedLoop:
         except Exception as exc:  # noqa: BLE001 - a bad promotion must not stop the service
             log.error("cannot load promoted model %s (%s): %s", record["version"], record["onnx"], exc)
             self.stats.errors += 1
-            self._failed_version = (record["version"], time.monotonic() + 30)
-            self.follower._checked = 0.0  # re-read the key later
+            self._failed_version = (record["version"], time.monotonic() + 30)  # the key re-check retries it
             return
         self.stats.swaps += 1
         log.info("embedder now serves model %s (%s)", self.embedder.model_version, self.embedder.provider)

@@ -10,7 +10,11 @@ Both models are compared as **exported ONNX files** (what would really serve) on
    scores perfectly on "same track = nearest neighbour" and must still fail;
 3. label-free proxy, always, on a held-out slice of the pool (whole tracklets the candidate never
    trained on): **same-track nearest-neighbour agreement** (the nearest other crop belongs to the
-   same camera+track) is the score, and must not drop by more than ``gate.max_proxy_drop``;
+   same camera+track) is the score. Both models are scored on the same crops, so the gate looks at
+   the **paired** per-crop change: it rejects when the change is below ``-gate.max_proxy_drop``
+   *and* significantly negative (``change + gate.proxy_z * standard error < 0``). Hundreds of
+   held-out crops (a real site) make the standard error small and the gate strict; a slice of ten
+   cannot tell one flipped neighbour from a worse model, and does not reject on it;
    the **cross-camera neighbour rate** (share of the k nearest non-tracklet neighbours that come
    from another camera; a model that encodes the camera's look scores low) is the score instead
    when the slice has no multi-crop tracklets;
@@ -36,7 +40,16 @@ import torch
 from selfreid.pipeline.config.service import GateConfig
 from selfreid.reid_model.export import embed_onnx
 
-__all__ = ["Holdout", "GateDecision", "nonfinite_parameters", "proxy_scores", "labelled_scores", "run_gate"]
+__all__ = [
+    "Holdout",
+    "GateDecision",
+    "nonfinite_parameters",
+    "per_crop_scores",
+    "proxy_scores",
+    "paired_delta",
+    "labelled_scores",
+    "run_gate",
+]
 
 
 @dataclass
@@ -77,6 +90,30 @@ def _effective_rank(emb: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+def per_crop_scores(emb: np.ndarray, camera_ids: Sequence[str], groups: Sequence[str], k: int = 5
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per held-out crop: ``agree`` (1 if its nearest other crop is from its own tracklet, 0 if not,
+    NaN for a crop alone in its tracklet) and ``cross`` (share of its ``k`` nearest non-tracklet
+    neighbours that come from another camera)."""
+    n = len(emb)
+    cams = np.asarray(camera_ids)
+    keys = np.unique(np.asarray(groups), return_inverse=True)[1]
+    sim = emb.astype(np.float64) @ emb.astype(np.float64).T
+    np.fill_diagonal(sim, -np.inf)
+    sizes = np.bincount(keys)
+    agree = np.where(sizes[keys] >= 2, (keys[sim.argmax(axis=1)] == keys).astype(float), np.nan)
+    other = np.where(keys[:, None] == keys[None, :], -np.inf, sim)
+    top = np.argsort(-other, axis=1)[:, : min(k, max(n - int(sizes.max()), 1))]
+    valid = np.isfinite(np.take_along_axis(other, top, axis=1))
+    cross = ((cams[top] != cams[:, None]) & valid).sum(1) / np.maximum(valid.sum(1), 1)
+    return agree, cross
+
+
+def _judged(agree: np.ndarray, cross: np.ndarray) -> np.ndarray:
+    """The per-crop values behind ``score``: track agreement where tracklets exist, else cross-camera rate."""
+    return agree if np.isfinite(agree).any() else cross
+
+
 def proxy_scores(emb: np.ndarray, camera_ids: Sequence[str], groups: Sequence[str], k: int = 5) -> dict[str, float]:
     """Label-free numbers of ``float32 [N, D]`` unit embeddings (module docstring, items 2-3).
 
@@ -84,30 +121,17 @@ def proxy_scores(emb: np.ndarray, camera_ids: Sequence[str], groups: Sequence[st
     gate compares (track agreement, else the cross-camera rate).
     """
     n = len(emb)
-    cams = np.asarray(camera_ids)
-    keys = np.unique(np.asarray(groups), return_inverse=True)[1]
+    agree, cross = per_crop_scores(emb, camera_ids, groups, k)
     sim = emb.astype(np.float64) @ emb.astype(np.float64).T
-    off_diag = ~np.eye(n, dtype=bool)
-    mean_cos = float(sim[off_diag].mean()) if n > 1 else 1.0
-    np.fill_diagonal(sim, -np.inf)
-    sizes = np.bincount(keys)
-    in_track = sizes[keys] >= 2
-    nearest = sim.argmax(axis=1)
-    agreement = float((keys[nearest] == keys)[in_track].mean()) if in_track.any() else float("nan")
-    other = np.where(keys[:, None] == keys[None, :], -np.inf, sim)
-    kk = min(k, max(n - int(sizes.max()), 1))
-    top = np.argsort(-other, axis=1)[:, :kk]
-    valid = np.isfinite(np.take_along_axis(other, top, axis=1))
-    cross = (cams[top] != cams[:, None]) & valid
-    cross_rate = float(cross.sum() / max(valid.sum(), 1))
+    judged = np.isfinite(agree)
     return {
         "crops": float(n),
-        "tracklets_with_pairs": float((sizes >= 2).sum()),
-        "track_nn_agreement": agreement,
-        "cross_camera_rate": cross_rate,
-        "mean_cosine": mean_cos,
+        "tracklets_with_pairs": float((np.bincount(np.unique(np.asarray(groups), return_inverse=True)[1]) >= 2).sum()),
+        "track_nn_agreement": float(agree[judged].mean()) if judged.any() else float("nan"),
+        "cross_camera_rate": float(cross.mean()),
+        "mean_cosine": float(sim[~np.eye(n, dtype=bool)].mean()) if n > 1 else 1.0,
         "effective_rank": _effective_rank(emb),
-        "score": agreement if in_track.any() else cross_rate,
+        "score": float(np.nanmean(_judged(agree, cross))),
     }
 
 
@@ -132,25 +156,38 @@ def labelled_scores(onnx_path: str | Path, validation_dir: str | Path) -> dict[s
     return {"mAP": result["mAP"], "rank1": result["rank1"]}
 
 
-def _measure(onnx_path: Path, holdout: Holdout, cfg: GateConfig) -> tuple[dict[str, float], bool]:
+def _measure(onnx_path: Path, holdout: Holdout, cfg: GateConfig) -> tuple[dict[str, float], np.ndarray | None]:
+    """The model's numbers and its per-crop proxy values (None when its embeddings are not finite)."""
     emb = embed_onnx(onnx_path, holdout.images)
     if not np.isfinite(emb).all():
-        return {"nonfinite_embeddings": float((~np.isfinite(emb)).any(axis=1).sum())}, False
+        return {"nonfinite_embeddings": float((~np.isfinite(emb)).any(axis=1).sum())}, None
     scores = proxy_scores(emb, holdout.camera_ids, holdout.groups, cfg.neighbours)
     if cfg.validation_dir:
         scores.update({f"labelled_{k}": v for k, v in labelled_scores(onnx_path, cfg.validation_dir).items()})
-    return scores, True
+    return scores, _judged(*per_crop_scores(emb, holdout.camera_ids, holdout.groups, cfg.neighbours))
+
+
+def paired_delta(candidate: np.ndarray, baseline: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the per-crop difference (candidate - baseline) over the crops both
+    judge: both models are measured on the same crops, so the noise of the slice cancels out."""
+    d = (candidate - baseline)[np.isfinite(candidate) & np.isfinite(baseline)]
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else 0.0), float("inf")
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def _compare(cand: dict[str, float], base: dict[str, float], cfg: GateConfig) -> str | None:
-    """The first reason to reject, or None."""
+    """The first reason to reject, or None. ``cand`` carries ``score_delta``/``score_delta_se`` when
+    a baseline was measured."""
     if cand["mean_cosine"] > cfg.max_mean_cosine:
         return f"collapsed embeddings: mean pairwise cosine {cand['mean_cosine']:.4f} > {cfg.max_mean_cosine}"
     if cand["effective_rank"] < cfg.min_effective_rank:
         return f"collapsed embeddings: effective rank {cand['effective_rank']:.2f} < {cfg.min_effective_rank}"
-    if base and cand["score"] < base["score"] - cfg.max_proxy_drop:
-        return (f"label-free score dropped: {cand['score']:.4f} < production {base['score']:.4f} "
-                f"- {cfg.max_proxy_drop} (held-out same-track neighbour agreement)")
+    if base:
+        delta, se = cand["score_delta"], cand["score_delta_se"]
+        if delta < -cfg.max_proxy_drop and delta + cfg.proxy_z * se < 0:
+            return (f"label-free score dropped: {cand['score']:.4f} vs production {base['score']:.4f} "
+                    f"(paired change {delta:+.4f} +- {se:.4f} over the held-out crops; same-track neighbour agreement)")
     for key in ("labelled_mAP", "labelled_rank1"):
         if key in cand and key in base and cand[key] < base[key] - cfg.max_labelled_drop:
             return f"{key.removeprefix('labelled_')} dropped on {cfg.validation_dir}: {cand[key]:.4f} < {base[key]:.4f}"
@@ -167,12 +204,20 @@ def run_gate(candidate_onnx: str | Path, baseline_onnx: str | Path | None, holdo
             return GateDecision(False, f"non-finite weights: {bad} NaN/Inf values in the trained model")
     if len(holdout) < 2:
         return GateDecision(False, f"held-out slice too small to judge ({len(holdout)} crops)")
-    cand, finite = _measure(Path(candidate_onnx), holdout, cfg)
-    if not finite:
+    cand, cand_crops = _measure(Path(candidate_onnx), holdout, cfg)
+    if cand_crops is None:
         return GateDecision(False, "non-finite embeddings from the exported candidate", cand)
-    base = _measure(Path(baseline_onnx), holdout, cfg)[0] if baseline_onnx else {}
+    base: dict[str, float] = {}
+    if baseline_onnx:
+        base, base_crops = _measure(Path(baseline_onnx), holdout, cfg)
+        if base_crops is not None:
+            cand["score_delta"], cand["score_delta_se"] = paired_delta(cand_crops, base_crops)
+        else:  # a broken production model: any finite candidate is better
+            cand["score_delta"], cand["score_delta_se"] = float("inf"), 0.0
     reason = _compare(cand, base, cfg)
     if reason:
         return GateDecision(False, reason, cand, base)
-    verdict = f"score {cand['score']:.4f}" + (f" vs production {base['score']:.4f}" if base else " (no production model)")
+    verdict = f"score {cand['score']:.4f}" + (
+        f" vs production {base['score']:.4f} (paired change {cand['score_delta']:+.4f} +- {cand['score_delta_se']:.4f})"
+        if base else " (no production model)")
     return GateDecision(True, f"passed: {verdict}", cand, base)

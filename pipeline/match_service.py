@@ -3,7 +3,8 @@
 Consumes ``{prefix}:embeddings`` through the ``matcher`` consumer group (one matcher per site: it
 holds the gallery), feeds the configured matcher plugin, keeps the latest crop of every tracklet as
 its thumbnail, acknowledges after the matcher has persisted its state, and prunes the gallery by
-age every ``matcher.prune_every_s``. Unacknowledged entries of a previous run are read first.
+age every ``matcher.prune_every_s``. Unacknowledged entries of a previous run are read first. On a
+clean stop, tracklets still short of ``min_crops`` are decided (so a recorded video ends fully matched).
 """
 
 from __future__ import annotations
@@ -110,11 +111,23 @@ def run_matcher(cfg: AppConfig, redis_url: str, stop: StopFlag) -> MatchStats:
                 stop.wait(1.0)
             if time.monotonic() - last_status >= STATUS_EVERY_S:
                 last_status = _status(client, cfg, stats)
+        _flush(matcher, stats)
     finally:
         stats.state = "stopped"
         _status(client, cfg, stats)
         client.close()
     return stats
+
+
+def _flush(matcher, stats: MatchStats) -> None:
+    """On a clean stop, decide the tracklets still waiting for ``min_crops`` (the end of a recording)."""
+    try:
+        decided = matcher.flush() if matcher is not None and hasattr(matcher, "flush") else []
+    except (redis.RedisError, OSError) as exc:
+        log.warning("matcher: could not decide pending tracklets at stop (%s); they stay pending", exc)
+        return
+    stats.assignments += len(decided)
+    stats.new_identities += sum(a.is_new for a in decided)
 
 
 def _status(client: redis.Redis, cfg: AppConfig, stats: MatchStats) -> float:

@@ -18,7 +18,7 @@ import torch
 from selfreid.reid_model.config import SCLConfig
 from selfreid.reid_model.selection import Selection
 
-__all__ = ["positive_weights", "contrastive_term", "scl_loss"]
+__all__ = ["positive_weights", "weighted_cross_entropy", "scl_loss"]
 
 
 def positive_weights(positives: int, lambda_t: float, alpha: float) -> torch.Tensor:
@@ -28,18 +28,21 @@ def positive_weights(positives: int, lambda_t: float, alpha: float) -> torch.Ten
     return w
 
 
-def contrastive_term(f: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, weights: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """``mean_b sum_j w_j CE(z_b, j)`` with ``z_b = <f_b, bank[index_b]> * scale``."""
-    logits = torch.einsum("bd,bkd->bk", f.float(), bank[index].detach().float()) * scale
-    logp = torch.log_softmax(logits, dim=1)[:, : len(weights)]
-    return -(logp * weights.to(logp.device)).sum(1).mean()
+def weighted_cross_entropy(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``mean_b sum_j w_j (-log softmax(logits_b)_j)`` over the first ``len(weights)`` entries of the
+    last dim; ``logits`` ``[B, ..., n]`` gives a ``[...]`` result (one value per branch)."""
+    logp = torch.log_softmax(logits, dim=-1)[..., : len(weights)]
+    return -(logp * weights.to(logp.device)).sum(-1).mean(0)
 
 
 def scl_loss(g: torch.Tensor, l: torch.Tensor, bank: torch.Tensor, selection: Selection, cfg: SCLConfig) -> torch.Tensor:
-    """``lambda_p L_u + (1-lambda_p) L_g`` for a batch; ``g`` ``[B, Dg]``, ``l`` ``[B, S, Dl]``."""
+    """``lambda_p L_u + (1-lambda_p) L_g`` for a batch; ``g`` ``[B, Dg]``, ``l`` ``[B, S, Dl]``.
+
+    The selected bank rows are gathered once (``[B, 1+P+K, D]``, no gradient) and both branches'
+    logits come from one batched matmul: this gather is the step's main extra memory traffic."""
+    rows = bank[selection.index].detach().float()
+    feats = torch.stack([l.flatten(1).float(), g.float()], dim=1)  # [B, 2, D]: u, g
+    logits = torch.bmm(feats, rows.transpose(1, 2)) * cfg.temperature_scale  # [B, 2, 1+P+K]
     w = positive_weights(selection.positives, cfg.lambda_t, cfg.alpha)
-    t = cfg.temperature_scale
-    local = contrastive_term(l.flatten(1), bank, selection.index, w, t)
-    glob = contrastive_term(g, bank, selection.index, w, t)
+    local, glob = weighted_cross_entropy(logits, w)
     return cfg.lambda_p * local + (1 - cfg.lambda_p) * glob

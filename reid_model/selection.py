@@ -50,18 +50,20 @@ def effective_counts(positives: int, negatives: int, size: int) -> tuple[int, in
     return p, max(0, min(negatives, size - p - 1))
 
 
-def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean ``[B, N]`` via one matmul (exact for any norms, clamped at 0)."""
-    return (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1)[None, :] - 2 * a @ b.T).clamp_min(0)
-
-
 def pairwise_distance(g: torch.Tensor, l: torch.Tensor, G: torch.Tensor, L: torch.Tensor, lambda_g: float,
                       lambda_c: float = 0.0, cams: torch.Tensor | None = None,
                       bank_cams: torch.Tensor | None = None) -> torch.Tensor:
-    """The seed's combined distance ``[B, N]`` (module docstring). ``l`` ``[B,S,Dl]``, ``L`` ``[N,S,Dl]``;
-    the mean over stripes of squared distances equals the squared distance of the concatenations / S."""
+    """The seed's combined distance ``[B, N]`` (module docstring). ``l`` ``[B,S,Dl]``, ``L`` ``[N,S,Dl]``.
+
+    Bank rows are unit vectors (``G[j]`` and every ``L[j, p]``; :class:`MemoryBanks` keeps them so),
+    hence ``||g - G_j||^2 = ||g||^2 + 1 - 2 <g, G_j>`` and the mean over stripes of squared distances
+    is ``(||u||^2 + S - 2 <u, U_j>) / S`` for the concatenations u, U: two matmuls, no pass over
+    the bank's norms."""
     stripes = l.shape[1]
-    d = lambda_g * _sq_dist(g.float(), G) + (1 - lambda_g) / stripes * _sq_dist(l.flatten(1).float(), L.flatten(1))
+    g, u = g.float(), l.flatten(1).float()
+    d_g = g.pow(2).sum(1, keepdim=True) + 1 - 2 * g @ G.T
+    d_l = (u.pow(2).sum(1, keepdim=True) + stripes - 2 * u @ L.flatten(1).T) / stripes
+    d = (lambda_g * d_g + (1 - lambda_g) * d_l).clamp_min_(0)
     if lambda_c and cams is not None and bank_cams is not None:
         d = d + lambda_c * (cams[:, None] == bank_cams[None, :]).to(d.dtype)
     return d

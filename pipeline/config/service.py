@@ -27,6 +27,11 @@ class GateConfig(Section):
     max_proxy_drop: float = Field(
         0.02, ge=0, description="Allowed drop of the label-free score (same-track neighbour agreement, 0-1)."
     )
+    proxy_z: float = Field(
+        1.64, ge=0,
+        description="A drop must also be significant: paired change + z * standard error < 0 (1.64 ~ 95 % "
+        "one-sided); 0 = any drop beyond max_proxy_drop rejects.",
+    )
     max_mean_cosine: float = Field(
         0.9, gt=0, le=1, description="Collapse check: mean pairwise cosine above this = collapsed embeddings."
     )

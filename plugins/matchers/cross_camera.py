@@ -109,7 +109,8 @@ class CrossCameraMatcher:
         threshold: float = Field(
             0.85, ge=-1, le=1,
             description="Cosine between tracklet features to join an identity (higher = stricter). Model-dependent: "
-            "calibrate with benchmarks/idf1_vtest.py (0.85 suits the ImageNet MobileNetV2 baseline).",
+            "calibrate with benchmarks/idf1_vtest.py (best on vtest: ~0.88 for the ImageNet MobileNetV2 baseline, "
+            "~0.5 after SCL adaptation, whose features spread out more).",
         )
         min_crops: int = Field(5, ge=1, description="Crops a tracklet needs before it is decided (more = surer, later).")
         aggregation: Literal["mean", "quality"] = Field(

@@ -94,6 +94,7 @@ def test_match_service_consumes_embeddings(cfg, redis_server, redis_client, onnx
     embedder = OnnxEmbedder(OnnxEmbedder.Settings(model=str(onnx_model_factory("v1"))))
     store = EmbeddingStore(redis_client, "es")
     chosen = [(b, c) for b, c in vtest_crops if b.gt_id in (9, 11)][:24]
+    chosen += [(b, c) for b, c in vtest_crops if b.gt_id == 15 and b.camera_id == "B"][:2]  # too short to decide early
     vectors = embedder.embed([c for _, c in chosen])
     store.add([(Embedding(f"{b.camera_id}/{b.frame}", b.camera_id, 1.7e9 + b.frame / 7, b.track_id, v, "v1"),
                 cv2.imencode(".jpg", c)[1].tobytes()) for (b, c), v in zip(chosen, vectors)])
@@ -103,9 +104,11 @@ def test_match_service_consumes_embeddings(cfg, redis_server, redis_client, onnx
     finally:
         stop.set()
         thread.join(timeout=15)
-    assert result["stats"].embeddings == 24 and result["stats"].errors == 0
+    assert result["stats"].embeddings == len(chosen) and result["stats"].errors == 0
     assert redis_client.xpending("es:embeddings", "matcher")["pending"] == 0
     assert redis_client.hlen("es:match:thumbs") >= 2 and redis_client.hlen("es:match:v:v1") >= 2
+    tracklets = [json.loads(v) for v in redis_client.hvals("es:match:v:v1")]
+    assert all(t["global_id"] is not None for t in tracklets)  # short ones were decided at stop
 
 
 class FlakyEmbedder:

@@ -10,7 +10,15 @@ import torch
 
 from conreid_tracks import conreid_tracks
 from selfreid.pipeline.config.service import GateConfig
-from selfreid.pipeline.gate import Holdout, _compare, labelled_scores, nonfinite_parameters, proxy_scores, run_gate
+from selfreid.pipeline.gate import (
+    Holdout,
+    _compare,
+    labelled_scores,
+    nonfinite_parameters,
+    paired_delta,
+    proxy_scores,
+    run_gate,
+)
 from selfreid.reid_model.config import ModelConfig
 from selfreid.reid_model.export import export_onnx
 from selfreid.reid_model.model import build_model
@@ -82,15 +90,30 @@ def test_collapsed_candidate_is_rejected(model, baseline_onnx, holdout, tmp_path
 
 
 def test_decision_rule_on_scores():
-    cfg = GateConfig(max_proxy_drop=0.02, max_labelled_drop=0.0, validation_dir="val")
+    cfg = GateConfig(max_proxy_drop=0.02, proxy_z=1.64, max_labelled_drop=0.0, validation_dir="val")
     base = {"mean_cosine": 0.3, "effective_rank": 50.0, "score": 0.60, "labelled_mAP": 0.4, "labelled_rank1": 0.7}
-    assert _compare(dict(base), base, cfg) is None
-    assert _compare({**base, "score": 0.59}, base, cfg) is None, "within the tolerance"
-    assert "label-free score dropped" in _compare({**base, "score": 0.55}, base, cfg)
-    assert "mAP dropped" in _compare({**base, "labelled_mAP": 0.39}, base, cfg)
-    assert "rank1 dropped" in _compare({**base, "labelled_rank1": 0.69}, base, cfg)
-    assert "effective rank" in _compare({**base, "effective_rank": 1.5}, base, cfg)
-    assert _compare(dict(base), {}, cfg) is None, "no production model: absolute checks only"
+
+    def cand(delta: float, se: float, **changes) -> dict:
+        return {**base, "score": base["score"] + delta, "score_delta": delta, "score_delta_se": se, **changes}
+
+    assert _compare(cand(0.0, 0.0), base, cfg) is None
+    assert _compare(cand(-0.01, 0.001), base, cfg) is None, "within the tolerance"
+    assert "label-free score dropped" in _compare(cand(-0.10, 0.02), base, cfg), "large and significant"
+    assert _compare(cand(-0.10, 0.10), base, cfg) is None, "one flipped crop out of ten is not evidence"
+    strict = cfg.model_copy(update={"proxy_z": 0.0})
+    assert "label-free score dropped" in _compare(cand(-0.10, 0.10), base, strict)
+    assert "mAP dropped" in _compare(cand(0.0, 0.0, labelled_mAP=0.39), base, cfg)
+    assert "rank1 dropped" in _compare(cand(0.0, 0.0, labelled_rank1=0.69), base, cfg)
+    assert "effective rank" in _compare(cand(0.0, 0.0, effective_rank=1.5), base, cfg)
+    assert _compare({k: v for k, v in base.items()}, {}, cfg) is None, "no production model: absolute checks only"
+
+
+def test_paired_delta_uses_only_crops_both_judge():
+    cand = np.array([1.0, 0.0, 1.0, np.nan, 1.0])
+    base = np.array([1.0, 1.0, 1.0, 1.0, np.nan])
+    delta, se = paired_delta(cand, base)
+    assert delta == pytest.approx(-1 / 3) and se == pytest.approx(np.std([0, -1, 0], ddof=1) / np.sqrt(3))
+    assert paired_delta(np.array([0.5]), np.array([1.0]))[1] == float("inf")
 
 
 def test_labelled_validation_set(model, baseline_onnx, holdout, shared_data, tmp_path):

@@ -61,6 +61,7 @@ def test_register_promote_publishes_and_mirrors(registry, tmp_path, redis_client
     index = {k.decode(): json.loads(v) for k, v in redis_client.hgetall(index_key(PREFIX)).items()}
     assert index["1"]["status"] == "retired" and index["2"]["status"] == "production"
     assert index["2"]["parent"] == "1" and index["1"]["metrics"] == {"score": 0.5}
+    pubsub.close()  # an open subscriber keeps the embedded server from shutting down at teardown
     assert json.loads((v2.folder / "config.json").read_text()) == {"tag": "b"}
     assert not list(registry.root.glob(".*")), "temp files left in the registry folder"
 

@@ -98,6 +98,7 @@ def test_cycle_trains_exports_gates_and_promotes(site, redis_server, redis_clien
     assert read_checkpoint(v2.checkpoint)["epoch"] == 1
     assert _pointer(redis_client) == "2"
     message = pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+    pubsub.close()  # an open subscriber keeps the embedded server from shutting down at teardown
     assert message and json.loads(message["data"]) == {"version": "2", "onnx": str(v2.onnx.resolve()),
                                                        "embedding_dim": 4096}
     status = read_status(redis_client, PREFIX)["train:0"]
