@@ -80,7 +80,9 @@ def ingest_command(
 
     from selfreid.pipeline.cli import console, fail, load_or_fail
     from selfreid.pipeline.ingest import run_ingest
-    from selfreid.pipeline.local_run import _redis_url, _signals_set, resolve_sample_data
+    from selfreid.pipeline.local_run import resolve_sample_data
+    from selfreid.pipeline.redis_conn import redis_endpoint
+    from selfreid.pipeline.signals import stop_on_signals
     from selfreid.pipeline.redis_conn import ping
     from selfreid.plugins.registry import PluginError
 
@@ -89,7 +91,7 @@ def ingest_command(
         fail(f"{config}: no cameras configured (add entries under ingest.cameras)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-    with _redis_url(cfg) as url, _signals_set(stop):
+    with redis_endpoint(cfg) as url, stop_on_signals(stop):
         if problem := ping(url):
             held = "crops are held in memory (oldest dropped beyond pool.params.max_queue) until it does"
             console.print(

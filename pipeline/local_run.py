@@ -37,13 +37,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfreid.pipeline.config import AppConfig
+from selfreid.pipeline.redis_conn import redis_endpoint
+from selfreid.pipeline.signals import stop_on_signals
 
 __all__ = [
     "STAGES",
@@ -276,61 +277,6 @@ def pool_backlog(pool: Any, group: str) -> int:
 
 
 # --------------------------------------------------------------------------- supervisor
-@contextmanager
-def _redis_url(cfg: AppConfig) -> Iterator[str]:
-    """The configured Redis URL, or the URL of an embedded server started (and stopped) here."""
-    if cfg.redis.url:
-        yield cfg.redis.url
-        return
-    from selfreid.pipeline.redis_conn import EmbeddedRedis
-
-    with EmbeddedRedis(cfg.path(cfg.redis.embedded_dir), cfg.redis.appendonly) as server:
-        try:
-            yield server.url
-        finally:
-            _wait_for_clients_to_leave(server.url)
-
-
-def _wait_for_clients_to_leave(url: str, timeout_s: float = 10.0) -> None:
-    """Let the server see our children's connections close before stopping it.
-
-    The embedded server is only shut down when its owner is its last client, and a child's
-    socket can still be listed for a moment after the child exited (a busy machine); without
-    this wait the server would be left running. Counted: the owner's connection and ours.
-    """
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while len(client.client_list()) > 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-    except (redis.RedisError, OSError) as exc:
-        log.warning("embedded redis: cannot list clients before stopping: %s", exc)
-    finally:
-        client.close()
-
-
-@contextmanager
-def _signals_set(event: threading.Event) -> Iterator[None]:
-    """Ctrl-C and SIGTERM set ``event`` (a second Ctrl-C still interrupts) for the duration."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if event.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        event.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 @dataclass
 class Supervisor:
     """Starts the stages, watches them, and stops them in order."""
@@ -510,10 +456,10 @@ def run_local(cfg: AppConfig, options: RunOptions) -> int:
     specs, missing = _select(options)
     if missing:
         console.print(f"[yellow]warning:[/] stage(s) not installed, running without them: {', '.join(missing)}")
-    with _redis_url(cfg) as url:
+    with redis_endpoint(cfg) as url:
         sup = Supervisor(cfg, url, options, specs, missing)
         try:
-            with _signals_set(sup.shutdown), Live(_table(sup), console=console, auto_refresh=False,
+            with stop_on_signals(sup.shutdown), Live(_table(sup), console=console, auto_refresh=False,
                                                   redirect_stderr=False) as live:
                 def render() -> None:
                     live.update(_table(sup), refresh=True)

@@ -21,7 +21,7 @@ import redis
 
 from selfreid.pipeline.config import AppConfig
 
-__all__ = ["EmbeddedRedis", "open_redis", "ping"]
+__all__ = ["EmbeddedRedis", "open_redis", "ping", "redis_endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +98,20 @@ def _wait_for_exit(pid: int | None, timeout_s: float) -> None:
 
 
 @contextmanager
-def open_redis(config: AppConfig) -> Iterator[redis.Redis]:
-    """Yield a client for the configured Redis, starting the embedded server when no URL is set."""
+def redis_endpoint(config: AppConfig) -> Iterator[str]:
+    """The configured Redis URL, or that of an embedded server started here and stopped on exit."""
     if config.redis.url:
-        client = redis.Redis.from_url(config.redis.url)
-        try:
-            yield client
-        finally:
-            client.close()
+        yield config.redis.url
         return
     with EmbeddedRedis(config.path(config.redis.embedded_dir), config.redis.appendonly) as server:
-        client = redis.Redis.from_url(server.url)
+        yield server.url
+
+
+@contextmanager
+def open_redis(config: AppConfig) -> Iterator[redis.Redis]:
+    """Yield a client for the configured Redis, starting the embedded server when no URL is set."""
+    with redis_endpoint(config) as url:
+        client = redis.Redis.from_url(url)
         try:
             yield client
         finally:

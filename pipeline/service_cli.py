@@ -35,14 +35,15 @@ def train_service_command(
     """Adapt the model to this site: snapshot the pool, fine-tune, export, gate, promote; on a schedule,
     when the pool grew, or when the cameras drift. A killed cycle resumes where it stopped."""
     from selfreid.pipeline.cli import console, fail, load_or_fail
-    from selfreid.pipeline.local_run import _redis_url, _signals_set
+    from selfreid.pipeline.redis_conn import redis_endpoint
+    from selfreid.pipeline.signals import stop_on_signals
     from selfreid.pipeline.train_service import run_train_service
     from selfreid.plugins.registry import PluginError
 
     cfg = load_or_fail(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-    with _redis_url(cfg) as url, _signals_set(stop):
+    with redis_endpoint(cfg) as url, stop_on_signals(stop):
         try:
             reports = run_train_service(cfg, url, stop, once=once)
         except PluginError as exc:
@@ -58,14 +59,14 @@ def _registry(config: Path | None) -> Iterator[tuple[object, object]]:
     import redis
 
     from selfreid.pipeline.cli import fail, load_or_fail
-    from selfreid.pipeline.local_run import _redis_url
+    from selfreid.pipeline.redis_conn import redis_endpoint
     from selfreid.pipeline.model_registry import RegistryError, open_registry
     from selfreid.reid_model.checkpoint import CheckpointError
     from selfreid.reid_model.export import ExportError
     from selfreid.reid_model.weights import WeightsError
 
     cfg = load_or_fail(config)
-    with _redis_url(cfg) as url:
+    with redis_endpoint(cfg) as url:
         client = redis.Redis.from_url(url)
         try:
             yield cfg, open_registry(cfg, client)

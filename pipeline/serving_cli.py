@@ -25,7 +25,8 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Site 
 def _serve(config: Path | None, run: Callable[[Any, str, threading.Event], Any], what: str, overrides: dict | None = None):
     """Load the config, open Redis, run one service until Ctrl-C; a plugin/config problem is one line."""
     from selfreid.pipeline.cli import console, fail, load_or_fail
-    from selfreid.pipeline.local_run import _redis_url, _signals_set
+    from selfreid.pipeline.redis_conn import redis_endpoint
+    from selfreid.pipeline.signals import stop_on_signals
     from selfreid.plugins.registry import PluginError
 
     cfg = load_or_fail(config)
@@ -33,7 +34,7 @@ def _serve(config: Path | None, run: Callable[[Any, str, threading.Event], Any],
         cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update=overrides)})
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-    with _redis_url(cfg) as url, _signals_set(stop), console.status(f"{what} (Ctrl-C stops)"):
+    with redis_endpoint(cfg) as url, stop_on_signals(stop), console.status(f"{what} (Ctrl-C stops)"):
         try:
             return run(cfg, url, stop)
         except PluginError as exc:
@@ -85,12 +86,12 @@ def search_command(
 
     from selfreid.pipeline.cli import console, fail, load_or_fail
     from selfreid.pipeline.identity_search import IdentitySearch, SearchError
-    from selfreid.pipeline.local_run import _redis_url
+    from selfreid.pipeline.redis_conn import redis_endpoint
 
     if not image.is_file():
         fail(f"image not found: {image}")
     cfg = load_or_fail(config)
-    with _redis_url(cfg) as url:
+    with redis_endpoint(cfg) as url:
         client = redis.Redis.from_url(url)
         try:
             result = IdentitySearch(cfg, client).search_bytes(image.read_bytes(), top_k, min_score)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from selfreid.pipeline.redis_conn import EmbeddedRedis
+
 REPO = Path(__file__).resolve().parents[1]
+# Shared test helpers (vtest_data, conreid_tracks, serving_fixtures) live beside this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+pytest_plugins = ["serving_fixtures"]
 # Ultralytics must never touch the network or the user's home during tests.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".yolo"))
@@ -28,10 +34,8 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["EmbeddedRedis"]:  # noqa: F821
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     """One real embedded redis-server for the whole test session."""
-    from selfreid.pipeline.redis_conn import EmbeddedRedis
-
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
