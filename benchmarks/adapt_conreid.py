@@ -34,13 +34,12 @@ import argparse
 import json
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks._common import write_result
-from selfreid.reid_model.config import AugmentConfig, ModelConfig, SCLConfig, TrainConfig
+from selfreid.reid_model.config import TrainConfig
 from selfreid.reid_model.data import FileCropDataset, MarketItem, read_market, split_market
 from selfreid.reid_model.evaluation import extract_features, evaluate_features
 from selfreid.reid_model.model import build_model

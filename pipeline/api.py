@@ -28,12 +28,13 @@ from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.embed_service import StopFlag
 from selfreid.pipeline.identity_search import IdentitySearch, SearchError
 
-__all__ = ["create_app", "run_api"]
+__all__ = ["create_app", "render_report", "run_api"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
-def _render_report(search: IdentitySearch) -> str:
+def render_report(search: IdentitySearch) -> str:
+    """The identities page (HTML): every identity with thumbnails per camera, for the served model."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
@@ -95,7 +96,7 @@ def create_app(cfg: AppConfig, redis_url: str, embedder=None, detector=None) -> 
 
     @app.get("/report", response_class=HTMLResponse)
     async def report() -> str:
-        return await run_in_threadpool(locked, _render_report, search)
+        return await run_in_threadpool(locked, render_report, search)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-__all__ = ["embed_command", "match_command", "api_command", "search_command"]
+__all__ = ["embed_command", "match_command", "api_command", "search_command", "report_command"]
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Site YAML (see configs/); omitted: defaults.")]
 
@@ -113,3 +113,32 @@ def search_command(
                 table.add_row(str(p), str(ident["global_id"]), f"{ident['score']:.3f}", s["camera_id"], str(s["track_id"]),
                               s["start_iso"], s["end_iso"])
     console.print(table)
+
+
+def report_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the HTML page.")] = Path("report.html"),
+    config: ConfigOpt = None,
+) -> None:
+    """Write the identities report (the API's /report page) to an HTML file: every global identity
+    with thumbnails per camera, for the model version that serves now."""
+    import redis
+
+    from selfreid.pipeline.api import render_report
+    from selfreid.pipeline.cli import console, fail, load_or_fail
+    from selfreid.pipeline.identity_search import IdentitySearch, SearchError
+    from selfreid.pipeline.redis_conn import redis_endpoint
+
+    cfg = load_or_fail(config)
+    with redis_endpoint(cfg) as url:
+        client = redis.Redis.from_url(url)
+        try:
+            search = IdentitySearch(cfg, client)
+            page, identities = render_report(search), search.identities()
+        except SearchError as exc:
+            fail(str(exc))
+        finally:
+            client.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    across = sum(len(i.cameras) > 1 for i in identities)
+    console.print(f"[green]wrote[/] {out}: {len(identities)} identities, {across} seen by more than one camera")

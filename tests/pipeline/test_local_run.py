@@ -128,7 +128,9 @@ def test_sigint_stops_cleanly_and_a_crashing_stage_fails_the_run(tmp_path: Path,
     assert _servers_in(tmp_path / "data" / "redis") == [], "the embedded redis-server outlived the run"
 
     broken = tmp_path / "broken.yaml"
-    broken.write_text(LOCAL.read_text().replace("imgsz: 640", "imgsz: 640\n      weights: /nonexistent/yolo.pt"))
+    raw = yaml.safe_load(LOCAL.read_text())
+    raw["ingest"]["detector"] = {"plugin": "yolo", "params": {"weights": "/nonexistent/yolo.pt"}}
+    broken.write_text(yaml.safe_dump(raw))
     crash = _run(tmp_path, shared_data, "--stages", "ingest", "--until-idle", config=broken)
     out, _ = crash.communicate(timeout=120)
     assert crash.returncode == 1, out
