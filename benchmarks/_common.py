@@ -16,6 +16,28 @@ RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "| id | value | goal | unit | met | date | machine | command |\n|---|---|---|---|---|---|---|---|\n"
 
 
+def limit_threads(threads: int) -> None:
+    """Pin torch, OpenCV and OpenMP to ``threads`` so that the compared paths share one budget
+    (and Ultralytics stays offline)."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import cv2
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+
+
+def sample_data() -> Path:
+    """The sample-data folder, or exit with how to provide it."""
+    from selfreid.plugins.assets import shared_data_dir
+
+    data = shared_data_dir()
+    if data is None:
+        raise SystemExit("sample data not found: put it at ../shared/data or set SELFREID_SHARED_DATA")
+    return data
+
+
 def machine() -> str:
     """A short description of where the numbers were measured."""
     import torch

@@ -12,13 +12,12 @@ default detector (``yolo`` with its default settings and offline weights).
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections import defaultdict
 
 from rich.progress import Progress
 
-from benchmarks._common import write_result
+from benchmarks._common import limit_threads, sample_data, write_result
 
 DEFAULT = "yolo"
 
@@ -37,22 +36,13 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import cv2
+    limit_threads(args.threads)
     import numpy as np
-    import torch
-
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
     from selfreid.pipeline.config import CameraConfig
     from selfreid.pipeline.detection_metrics import detection_recall, load_mot_gt
     from selfreid.plugins import registry
-    from selfreid.plugins.assets import shared_data_dir
 
-    data = shared_data_dir()
-    if data is None:
-        raise SystemExit("sample data not found: put it at ../shared/data or set SELFREID_SHARED_DATA")
+    data = sample_data()
     gt = load_mot_gt(data / "pets09-s2l1" / "gt_frames_0001-0400.txt", max_frame=args.frames)
     names = args.detectors.split(",")
     detectors = {n: registry.create("detectors", n, {}, where=f"D1.{n}", device=args.device) for n in names}

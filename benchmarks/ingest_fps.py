@@ -18,7 +18,6 @@ The value is the median of the per-repetition ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import threading
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import write_result
+from benchmarks._common import limit_threads, sample_data, write_result
 
 GOAL = 0.95
 
@@ -71,39 +70,21 @@ def ingest_fps(cfg: Any, redis_url: str, n: int) -> tuple[float, float, dict[str
 
 def main() -> None:
     args = parse_args()
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    limit_threads(args.threads)
     import cv2
-    import torch
-
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
     from ultralytics import YOLO
 
     from selfreid.pipeline.config import parse_config
     from selfreid.pipeline.redis_conn import EmbeddedRedis
-    from selfreid.plugins.assets import shared_data_dir
     from selfreid.plugins.detectors.yolo import YoloDetector
 
-    data = shared_data_dir()
-    if data is None:
-        raise SystemExit("sample data not found: put it at ../shared/data or set SELFREID_SHARED_DATA")
+    data = sample_data()
     video = data / "pets09-s2l1" / "vtest.avi"
     params = {"imgsz": args.imgsz} if args.imgsz else {}
     detector = YoloDetector(
         YoloDetector.Settings(**params), device=args.device
     )  # resolves weights, device, class
-    s = detector.settings
-    predict_kw = dict(
-        imgsz=s.imgsz,
-        conf=s.conf,
-        iou=s.iou,
-        classes=[detector.person_class],
-        device=detector.device,
-        max_det=s.max_det,
-        verbose=False,
-        **detector._precision,
-    )
+    predict_kw = detector.predict_kwargs()
     model = YOLO(str(detector.weights))
     del detector
     cap = cv2.VideoCapture(str(video))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from typing import Any
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,21 +83,16 @@ class YoloDetector:
             + WEIGHTS_HINT
         )
 
+    def predict_kwargs(self) -> dict[str, Any]:
+        """The ``YOLO.predict`` arguments this detector uses (benchmarks compare against bare predict)."""
+        s = self.settings
+        return dict(imgsz=s.imgsz, conf=s.conf, iou=s.iou, classes=[self.person_class], device=self.device,
+                    max_det=s.max_det, verbose=False, **self._precision)
+
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         if len(images) == 0:
             return []
-        s = self.settings
-        results = self.model.predict(
-            list(images),
-            imgsz=s.imgsz,
-            conf=s.conf,
-            iou=s.iou,
-            classes=[self.person_class],
-            device=self.device,
-            max_det=s.max_det,
-            verbose=False,
-            **self._precision,
-        )
+        results = self.model.predict(list(images), **self.predict_kwargs())
         out = []
         for image, result in zip(images, results):
             boxes = result.boxes.cpu().numpy()
