@@ -5,7 +5,7 @@
 #   docker build -t selfreid:gpu --build-arg CUDA_VERSION=12.4.1 --build-arg UBUNTU=22.04 .
 #
 # Jetson (L4T, aarch64, JetPack 6 / Python 3.10): start from an image that already has the Jetson
-# torch build and keep it (docs/deploy.md explains the arguments):
+# torch build and keep it (README.md, "Jetson (L4T)", explains the arguments):
 #   docker build -t selfreid:jetson \
 #     --build-arg BASE_IMAGE=dustynv/l4t-ml:r36.2.0 --build-arg TORCH_FROM_BASE=1 .
 #

