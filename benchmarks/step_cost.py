@@ -41,19 +41,33 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = TrainConfig(model=ModelConfig(backbone=args.backbone, input_size=tuple(args.size)),
-                      batch_size=args.batch, num_workers=0, seed=0)
-    dummy = ArrayCropDataset([torch.zeros(1, 1, 3, dtype=torch.uint8).numpy()] * args.pool, [i % 6 for i in range(args.pool)])
+    cfg = TrainConfig(
+        model=ModelConfig(backbone=args.backbone, input_size=tuple(args.size)),
+        batch_size=args.batch,
+        num_workers=0,
+        seed=0,
+    )
+    dummy = ArrayCropDataset(
+        [torch.zeros(1, 1, 3, dtype=torch.uint8).numpy()] * args.pool, [i % 6 for i in range(args.pool)]
+    )
     trainer = SCLTrainer(cfg, progress=False)
     trainer._setup(dummy, None)
     # Random unit features stand in for the init pass (its cost is not a per-step cost).
-    trainer.banks.fill(torch.arange(args.pool), torch.randn(args.pool, cfg.model.global_dim),
-                       torch.randn(args.pool, cfg.model.num_stripes, cfg.model.local_dim))
+    trainer.banks.fill(
+        torch.arange(args.pool),
+        torch.randn(args.pool, cfg.model.global_dim),
+        torch.randn(args.pool, cfg.model.num_stripes, cfg.model.local_dim),
+    )
     model, device = trainer.model, trainer.device
     classifier = torch.nn.Linear(cfg.model.global_dim, args.pool).to(device)
     o = cfg.optim
-    ce_opt = torch.optim.SGD([*model.parameters(), *classifier.parameters()], lr=o.lr, momentum=o.momentum,
-                             nesterov=o.nesterov, weight_decay=o.weight_decay)
+    ce_opt = torch.optim.SGD(
+        [*model.parameters(), *classifier.parameters()],
+        lr=o.lr,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        weight_decay=o.weight_decay,
+    )
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, *args.size, generator=gen)
     idx = torch.randperm(args.pool, generator=gen)[: args.batch]
@@ -72,7 +86,9 @@ def main() -> None:
 
     times: dict[str, list[float]] = {"scl": [], "ce": []}
     for rep in range(args.warmup + args.reps):
-        for name, fn in (("scl", scl_step), ("ce", ce_step)) if rep % 2 == 0 else (("ce", ce_step), ("scl", scl_step)):
+        for name, fn in (
+            (("scl", scl_step), ("ce", ce_step)) if rep % 2 == 0 else (("ce", ce_step), ("scl", scl_step))
+        ):
             _sync(device)
             start = time.perf_counter()
             fn()
@@ -82,13 +98,28 @@ def main() -> None:
     scl, ce = statistics.median(times["scl"]), statistics.median(times["ce"])
     ratio = scl / ce
     print(f"SCL step {scl * 1000:.1f} ms, CE step {ce * 1000:.1f} ms, ratio {ratio:.3f}")
-    write_result("P5", round(ratio, 4), "<= 1.15", "x (SCL step / CE step)", {
-        "scl_ms_median": round(scl * 1000, 2), "ce_ms_median": round(ce * 1000, 2),
-        "scl_ms": [round(t * 1000, 2) for t in times["scl"]], "ce_ms": [round(t * 1000, 2) for t in times["ce"]],
-        "backbone": args.backbone, "input_size": list(args.size), "batch": args.batch, "pool": args.pool,
-        "P": trainer.P, "K": trainer.K, "device": str(device), "threads": args.threads,
-        "note": "same ReIDModel forward in both; repetitions interleaved (order alternates), medians",
-    }, met=ratio <= 1.15)
+    write_result(
+        "P5",
+        round(ratio, 4),
+        "<= 1.15",
+        "x (SCL step / CE step)",
+        {
+            "scl_ms_median": round(scl * 1000, 2),
+            "ce_ms_median": round(ce * 1000, 2),
+            "scl_ms": [round(t * 1000, 2) for t in times["scl"]],
+            "ce_ms": [round(t * 1000, 2) for t in times["ce"]],
+            "backbone": args.backbone,
+            "input_size": list(args.size),
+            "batch": args.batch,
+            "pool": args.pool,
+            "P": trainer.P,
+            "K": trainer.K,
+            "device": str(device),
+            "threads": args.threads,
+            "note": "same ReIDModel forward in both; repetitions interleaved (order alternates), medians",
+        },
+        met=ratio <= 1.15,
+    )
 
 
 if __name__ == "__main__":

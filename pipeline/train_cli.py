@@ -22,10 +22,16 @@ def _fail(message: str) -> None:
 
 def train_command(
     data: DataArg,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Site YAML; its `train:` section is used.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint folder (default: <data_dir>/runs/train).")] = None,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", help="Site YAML; its `train:` section is used.")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Checkpoint folder (default: <data_dir>/runs/train).")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <out>/last.pt.")] = False,
-    init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint's weights.")] = None,
+    init: Annotated[
+        Optional[Path], typer.Option("--init", help="Start from this checkpoint's weights.")
+    ] = None,
 ) -> None:
     """Train the ReID model with Selective Contrastive Learning on an unlabelled crop folder.
 
@@ -42,23 +48,38 @@ def train_command(
     out = out or cfg.path("runs/train")
     try:
         dataset = image_folder_dataset(data)
-        console.print(f"training on {len(dataset)} crops from {len(set(dataset.camera_ids.tolist()))} camera(s) -> {out}")
-        result = SCLTrainer(cfg.train).fit(dataset, out, init_checkpoint=str(init) if init else None, resume=resume)
+        console.print(
+            f"training on {len(dataset)} crops from {len(set(dataset.camera_ids.tolist()))} camera(s) -> {out}"
+        )
+        result = SCLTrainer(cfg.train).fit(
+            dataset, out, init_checkpoint=str(init) if init else None, resume=resume
+        )
     except (DataError, WeightsError, CheckpointError, ValueError) as exc:
         _fail(str(exc))
     state = "finished" if result.finished else "stopped by max_minutes (resume with --resume)"
-    console.print(f"[green]{state}[/]: {result.epochs} epoch(s), checkpoint {result.checkpoint}, {result.metrics}")
+    console.print(
+        f"[green]{state}[/]: {result.epochs} epoch(s), checkpoint {result.checkpoint}, {result.metrics}"
+    )
 
 
 def eval_command(
     model: Annotated[Path, typer.Option("--model", help="Checkpoint (.pt) written by `selfreid train`.")],
-    data: Annotated[Path, typer.Option("--data", help="Market-1501-style folder (PPPP_cCsS_FFFFFF.jpg names).")],
+    data: Annotated[
+        Path, typer.Option("--data", help="Market-1501-style folder (PPPP_cCsS_FFFFFF.jpg names).")
+    ],
     query: Annotated[Optional[Path], typer.Option("--query", help="Query folder (with --gallery).")] = None,
-    gallery: Annotated[Optional[Path], typer.Option("--gallery", help="Gallery folder (with --query).")] = None,
+    gallery: Annotated[
+        Optional[Path], typer.Option("--gallery", help="Gallery folder (with --query).")
+    ] = None,
     camera_penalty: Annotated[
-        bool, typer.Option("--camera-penalty", help="Also report the seed's test-time same-camera penalty (lambda_c).")
+        bool,
+        typer.Option(
+            "--camera-penalty", help="Also report the seed's test-time same-camera penalty (lambda_c)."
+        ),
     ] = False,
-    holdout_ids: Annotated[int, typer.Option("--holdout-ids", help="Identities held out when --data has no split.")] = 20,
+    holdout_ids: Annotated[
+        int, typer.Option("--holdout-ids", help="Identities held out when --data has no split.")
+    ] = 20,
     device: Annotated[str, typer.Option("--device", help="'auto', 'cpu' or 'cuda:0'.")] = "auto",
 ) -> None:
     """Print mAP and CMC rank-1/5/10 of a checkpoint (Market protocol, cosine on the serving embedding).
@@ -92,13 +113,30 @@ def eval_command(
         _fail(str(exc))
     console.print(f"evaluating {model} on {len(q_items)} queries, {len(g_items)} gallery crops ({split})")
     with torch.inference_mode():
-        feats = [extract_features(net, FileCropDataset([i.path for i in items], [i.camera for i in items]),
-                                  device=next(net.parameters()).device) for items in (q_items, g_items)]
-    args = ([i.pid for i in q_items], [i.pid for i in g_items], [i.camera for i in q_items], [i.camera for i in g_items])
+        feats = [
+            extract_features(
+                net,
+                FileCropDataset([i.path for i in items], [i.camera for i in items]),
+                device=next(net.parameters()).device,
+            )
+            for items in (q_items, g_items)
+        ]
+    args = (
+        [i.pid for i in q_items],
+        [i.pid for i in g_items],
+        [i.camera for i in q_items],
+        [i.camera for i in g_items],
+    )
     rows = [("standard (cosine)", evaluate_features(*feats, *args))]
     if camera_penalty:
-        rows.append((f"+ camera penalty {train_cfg.scl.lambda_c}",
-                     evaluate_features(*feats, *args, camera_penalty=train_cfg.scl.lambda_c)))
+        rows.append(
+            (
+                f"+ camera penalty {train_cfg.scl.lambda_c}",
+                evaluate_features(*feats, *args, camera_penalty=train_cfg.scl.lambda_c),
+            )
+        )
     for name, r in rows:
-        typer.echo(f"{name}: mAP {r['mAP']:.4f}  R1 {r['rank1']:.4f}  R5 {r['rank5']:.4f}  R10 {r['rank10']:.4f}"
-                   f"  ({r['num_queries']} queries)")
+        typer.echo(
+            f"{name}: mAP {r['mAP']:.4f}  R1 {r['rank1']:.4f}  R5 {r['rank5']:.4f}  R10 {r['rank10']:.4f}"
+            f"  ({r['num_queries']} queries)"
+        )

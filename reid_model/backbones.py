@@ -39,7 +39,9 @@ def _resnet(cfg: ModelConfig) -> nn.Module:
     conv.stride = (cfg.last_stride, cfg.last_stride)
     if block.downsample is not None:
         block.downsample[0].stride = (cfg.last_stride, cfg.last_stride)
-    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+    return nn.Sequential(
+        net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+    )
 
 
 def _mobilenet(cfg: ModelConfig) -> nn.Module:
@@ -48,9 +50,13 @@ def _mobilenet(cfg: ModelConfig) -> nn.Module:
     features = tvm.mobilenet_v2(weights=None).features
     if cfg.pretrained == "imagenet":
         if cfg.weights_path:
-            _load_matching(features, load_state_dict_file(cfg.weights_path), cfg.weights_path, prefix="features.")
+            _load_matching(
+                features, load_state_dict_file(cfg.weights_path), cfg.weights_path, prefix="features."
+            )
         elif torchvision_cache_path("mobilenet_v2") is not None:
-            _load_matching(features, load_state_dict_file(torchvision_cache_path("mobilenet_v2")), "cache", "features.")
+            _load_matching(
+                features, load_state_dict_file(torchvision_cache_path("mobilenet_v2")), "cache", "features."
+            )
         elif deepsort_mobilenet_path() is not None:
             load_deepsort_mobilenet(features)
         else:
@@ -60,18 +66,24 @@ def _mobilenet(cfg: ModelConfig) -> nn.Module:
     return features
 
 
-def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], source: object, prefix: str = "") -> None:
+def _load_matching(
+    module: nn.Module, state: dict[str, torch.Tensor], source: object, prefix: str = ""
+) -> None:
     """Load ``state`` (optionally under ``prefix``) into ``module``; every module tensor must be present
     with the right shape, extra tensors (a classifier) are ignored. Anything else is a WeightsError."""
     target = module.state_dict()
     if prefix and not any(k in target for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     missing = [k for k in target if k not in state]
     if missing:
-        raise WeightsError(f"{source}: does not fit this backbone ({len(missing)} tensors missing, e.g. {missing[0]!r})")
+        raise WeightsError(
+            f"{source}: does not fit this backbone ({len(missing)} tensors missing, e.g. {missing[0]!r})"
+        )
     for key, expected in target.items():
         if state[key].shape != expected.shape:
-            raise WeightsError(f"{source}: {key} has shape {tuple(state[key].shape)}, needs {tuple(expected.shape)}")
+            raise WeightsError(
+                f"{source}: {key} has shape {tuple(state[key].shape)}, needs {tuple(expected.shape)}"
+            )
     module.load_state_dict({k: state[k] for k in target})
 
 

@@ -45,8 +45,15 @@ def momentum_update(bank: torch.Tensor, index: torch.Tensor, values: torch.Tenso
 class MemoryBanks:
     """G, L and M for ``size`` images; see the module docstring."""
 
-    def __init__(self, size: int, global_dim: int, num_stripes: int, local_dim: int,
-                 momentum: float = 0.5, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        size: int,
+        global_dim: int,
+        num_stripes: int,
+        local_dim: int,
+        momentum: float = 0.5,
+        device: str | torch.device = "cpu",
+    ) -> None:
         if global_dim != num_stripes * local_dim:
             raise ValueError(
                 f"the mixture bank holds global ({global_dim}) and concatenated local "
@@ -87,5 +94,7 @@ class MemoryBanks:
         for name in ("G", "L", "M"):
             current = getattr(self, name)
             if state[name].shape != current.shape:
-                raise ValueError(f"bank {name}: checkpoint shape {tuple(state[name].shape)}, expected {tuple(current.shape)}")
+                raise ValueError(
+                    f"bank {name}: checkpoint shape {tuple(state[name].shape)}, expected {tuple(current.shape)}"
+                )
             current.copy_(state[name])

@@ -36,8 +36,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or not a selfreid checkpoint."""
 
 
-def save_checkpoint(path: str | Path, model: ReIDModel, cfg: TrainConfig, epoch: int = 0,
-                    metrics: dict[str, float] | None = None, **training_state: Any) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: ReIDModel,
+    cfg: TrainConfig,
+    epoch: int = 0,
+    metrics: dict[str, float] | None = None,
+    **training_state: Any,
+) -> Path:
     """Write atomically (temp file + rename) so a crash never leaves a half-written checkpoint.
     ``training_state`` may hold ``optimizer``, ``banks`` and ``rng`` entries (see the module doc)."""
     path = Path(path)

@@ -98,14 +98,21 @@ class CropDataset(torch.utils.data.Dataset):
         if self.groups is None:
             return None
         codes: dict[str, int] = {}
-        return torch.tensor([codes.setdefault(g, len(codes)) if g else -1 for g in self.groups], dtype=torch.long)
+        return torch.tensor(
+            [codes.setdefault(g, len(codes)) if g else -1 for g in self.groups], dtype=torch.long
+        )
 
 
 class FileCropDataset(CropDataset):
     """Crops read from image files (any mode, converted to RGB)."""
 
-    def __init__(self, paths: Sequence[str | Path], camera_ids: Sequence[int],
-                 groups: Sequence[str] | None = None, frames: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        camera_ids: Sequence[int],
+        groups: Sequence[str] | None = None,
+        frames: Sequence[int] | None = None,
+    ) -> None:
         super().__init__(camera_ids, groups)
         self.paths = [Path(p) for p in paths]
         self.frames = list(frames) if frames is not None else None
@@ -118,8 +125,9 @@ class FileCropDataset(CropDataset):
 class ArrayCropDataset(CropDataset):
     """Crops held in memory as uint8 BGR (or grayscale) numpy arrays, as the pool delivers them."""
 
-    def __init__(self, images: Sequence[np.ndarray], camera_ids: Sequence[int],
-                 groups: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, images: Sequence[np.ndarray], camera_ids: Sequence[int], groups: Sequence[str] | None = None
+    ) -> None:
         if len(images) != len(camera_ids):
             raise DataError(f"{len(images)} images but {len(camera_ids)} camera ids")
         super().__init__(camera_ids, groups)
@@ -165,8 +173,9 @@ def camera_balanced_order(camera_ids: torch.Tensor, generator: torch.Generator) 
     return members[starts[choice] + occurrence % sizes[choice]]
 
 
-def split_market(items: Sequence[MarketItem], holdout_ids: int, seed: int = 0
-                 ) -> tuple[list[MarketItem], list[MarketItem], list[MarketItem]]:
+def split_market(
+    items: Sequence[MarketItem], holdout_ids: int, seed: int = 0
+) -> tuple[list[MarketItem], list[MarketItem], list[MarketItem]]:
     """``(train, query, gallery)`` for evaluating on a folder that has no query/gallery split.
 
     ``holdout_ids`` identities seen in at least two cameras are drawn with ``seed``; for each, the
@@ -180,7 +189,9 @@ def split_market(items: Sequence[MarketItem], holdout_ids: int, seed: int = 0
             cams_of.setdefault(it.pid, set()).add(it.camera)
     eligible = sorted(pid for pid, cams in cams_of.items() if len(cams) >= 2)
     if len(eligible) < holdout_ids:
-        raise DataError(f"only {len(eligible)} identities appear in two or more cameras, {holdout_ids} requested")
+        raise DataError(
+            f"only {len(eligible)} identities appear in two or more cameras, {holdout_ids} requested"
+        )
     held = set(rng.choice(eligible, size=holdout_ids, replace=False).tolist()) if holdout_ids else set()
     query_cam = {pid: int(rng.choice(sorted(cams_of[pid]))) for pid in sorted(held)}
     train = [it for it in items if it.pid not in held]

@@ -24,8 +24,13 @@ __all__ = ["extract_features", "distance_matrix", "evaluate", "evaluate_features
 
 
 @torch.no_grad()
-def extract_features(model: ReIDModel, data: CropDataset | Sequence[np.ndarray], batch_size: int = 64,
-                     device: str | torch.device = "cpu", num_workers: int = 0) -> torch.Tensor:
+def extract_features(
+    model: ReIDModel,
+    data: CropDataset | Sequence[np.ndarray],
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> torch.Tensor:
     """Serving embeddings ``float32 [N, D]`` (eval mode, test transform) of a dataset or of BGR arrays."""
     model = model.to(device)
     was_training = model.training
@@ -37,16 +42,19 @@ def extract_features(model: ReIDModel, data: CropDataset | Sequence[np.ndarray],
             loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=num_workers)
             batches = (x for x, _ in loader)
         else:
-            batches = (preprocess_bgr(data[i:i + batch_size], spec.input_size, spec)
-                       for i in range(0, len(data), batch_size))
+            batches = (
+                preprocess_bgr(data[i : i + batch_size], spec.input_size, spec)
+                for i in range(0, len(data), batch_size)
+            )
         feats = [model.embed(x.to(device)).float().cpu() for x in batches]
     finally:
         model.train(was_training)
     return torch.cat(feats) if feats else torch.empty(0, model.embedding_dim)
 
 
-def distance_matrix(query: torch.Tensor, gallery: torch.Tensor,
-                    metric: Literal["cosine", "euclidean"] = "cosine") -> torch.Tensor:
+def distance_matrix(
+    query: torch.Tensor, gallery: torch.Tensor, metric: Literal["cosine", "euclidean"] = "cosine"
+) -> torch.Tensor:
     """``[Q, G]`` distances: ``1 - cos`` or Euclidean."""
     if metric == "cosine":
         q = torch.nn.functional.normalize(query.float(), dim=1)
@@ -55,8 +63,14 @@ def distance_matrix(query: torch.Tensor, gallery: torch.Tensor,
     return torch.cdist(query.float(), gallery.float())
 
 
-def evaluate(dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor, q_cams: torch.Tensor,
-             g_cams: torch.Tensor, ranks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def evaluate(
+    dist: torch.Tensor,
+    q_pids: torch.Tensor,
+    g_pids: torch.Tensor,
+    q_cams: torch.Tensor,
+    g_cams: torch.Tensor,
+    ranks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
     """mAP and CMC from a ``[Q, G]`` distance matrix under the Market protocol (module docstring).
     Returns ``{"mAP", "rank1", "rank5", "rank10", "num_queries"}`` (fractions in [0, 1])."""
     q_pids, g_pids, q_cams, g_cams = (torch.as_tensor(t).long() for t in (q_pids, g_pids, q_cams, g_cams))
@@ -81,9 +95,16 @@ def evaluate(dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor, q_c
     return result
 
 
-def evaluate_features(query: torch.Tensor, gallery: torch.Tensor, q_pids, g_pids, q_cams, g_cams,
-                      metric: Literal["cosine", "euclidean"] = "cosine",
-                      camera_penalty: float | None = None) -> dict[str, float]:
+def evaluate_features(
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    q_pids,
+    g_pids,
+    q_cams,
+    g_cams,
+    metric: Literal["cosine", "euclidean"] = "cosine",
+    camera_penalty: float | None = None,
+) -> dict[str, float]:
     """:func:`evaluate` on features; ``camera_penalty`` adds the seed's ``lambda_c * 1[same camera]``."""
     dist = distance_matrix(query, gallery, metric)
     if camera_penalty:

@@ -35,7 +35,9 @@ def weighted_cross_entropy(logits: torch.Tensor, weights: torch.Tensor) -> torch
     return -(logp * weights.to(logp.device)).sum(-1).mean(0)
 
 
-def scl_loss(g: torch.Tensor, l: torch.Tensor, bank: torch.Tensor, selection: Selection, cfg: SCLConfig) -> torch.Tensor:
+def scl_loss(
+    g: torch.Tensor, l: torch.Tensor, bank: torch.Tensor, selection: Selection, cfg: SCLConfig
+) -> torch.Tensor:
     """``lambda_p L_u + (1-lambda_p) L_g`` for a batch; ``g`` ``[B, Dg]``, ``l`` ``[B, S, Dl]``.
 
     The selected bank rows are gathered once (``[B, 1+P+K, D]``, no gradient) and both branches'

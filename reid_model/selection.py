@@ -50,9 +50,16 @@ def effective_counts(positives: int, negatives: int, size: int) -> tuple[int, in
     return p, max(0, min(negatives, size - p - 1))
 
 
-def pairwise_distance(g: torch.Tensor, l: torch.Tensor, G: torch.Tensor, L: torch.Tensor, lambda_g: float,
-                      lambda_c: float = 0.0, cams: torch.Tensor | None = None,
-                      bank_cams: torch.Tensor | None = None) -> torch.Tensor:
+def pairwise_distance(
+    g: torch.Tensor,
+    l: torch.Tensor,
+    G: torch.Tensor,
+    L: torch.Tensor,
+    lambda_g: float,
+    lambda_c: float = 0.0,
+    cams: torch.Tensor | None = None,
+    bank_cams: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The seed's combined distance ``[B, N]`` (module docstring). ``l`` ``[B,S,Dl]``, ``L`` ``[N,S,Dl]``.
 
     Bank rows are unit vectors (``G[j]`` and every ``L[j, p]``; :class:`MemoryBanks` keeps them so),
@@ -69,8 +76,13 @@ def pairwise_distance(g: torch.Tensor, l: torch.Tensor, G: torch.Tensor, L: torc
     return d
 
 
-def select_neighbours(dist: torch.Tensor, index: torch.Tensor, positives: int, negatives: int,
-                      groups: torch.Tensor | None = None) -> Selection:
+def select_neighbours(
+    dist: torch.Tensor,
+    index: torch.Tensor,
+    positives: int,
+    negatives: int,
+    groups: torch.Tensor | None = None,
+) -> Selection:
     """P nearest as positives, the next K as negatives; ``index`` ``[B]`` are the anchors' own slots.
     ``groups`` ``[N]`` (codes, -1 = none) enables tracklet-aware positives."""
     size = dist.shape[1]
@@ -92,8 +104,14 @@ def select_neighbours(dist: torch.Tensor, index: torch.Tensor, positives: int, n
     return Selection(torch.cat([index[:, None], pos, neg], dim=1), p)
 
 
-def select_warmup(index: torch.Tensor, size: int, positives: int, negatives: int,
-                  generator: torch.Generator | None = None, self_negative_bug: bool = False) -> Selection:
+def select_warmup(
+    index: torch.Tensor,
+    size: int,
+    positives: int,
+    negatives: int,
+    generator: torch.Generator | None = None,
+    self_negative_bug: bool = False,
+) -> Selection:
     """Warm-up selection: positive = self; negatives = the first P+K slots of one random permutation
     per batch, the anchor removed. With ``self_negative_bug`` the seed's ``np.delete`` bug is
     reproduced: it removes the entry at *position* ``index`` instead of the anchor's value, so the

@@ -81,8 +81,12 @@ class SCLTrainer:
         >>> model, cfg = load_model(result.checkpoint)  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: TrainConfig, progress: bool = True,
-                 after_epoch: Callable[[SCLTrainer, dict], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        progress: bool = True,
+        after_epoch: Callable[[SCLTrainer, dict], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.progress = progress
         self.after_epoch = after_epoch
@@ -103,11 +107,17 @@ class SCLTrainer:
         if self.cuda and self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         o = self.cfg.optim
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
-                                         nesterov=o.nesterov, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=o.lr,
+            momentum=o.momentum,
+            nesterov=o.nesterov,
+            weight_decay=o.weight_decay,
+        )
         m = self.cfg.model
-        self.banks = MemoryBanks(len(dataset), m.global_dim, m.num_stripes, m.local_dim,
-                                 self.cfg.scl.bank_momentum, self.device)
+        self.banks = MemoryBanks(
+            len(dataset), m.global_dim, m.num_stripes, m.local_dim, self.cfg.scl.bank_momentum, self.device
+        )
         self.cams = dataset.camera_ids.to(self.device)
         groups = dataset.group_ids() if self.cfg.scl.tracklet_positives else None
         self.groups = groups.to(self.device) if groups is not None else None
@@ -130,8 +140,11 @@ class SCLTrainer:
         """The epoch's batches of slot indices (a trailing batch of one is dropped: BatchNorm needs two)."""
         gen = _epoch_generator(self.cfg.seed, epoch, 1)
         n = len(dataset)
-        order = camera_balanced_order(dataset.camera_ids, gen) if self.cfg.scl.camera_balanced_sampling \
+        order = (
+            camera_balanced_order(dataset.camera_ids, gen)
+            if self.cfg.scl.camera_balanced_sampling
             else torch.randperm(n, generator=gen)
+        )
         batches = list(torch.split(order, self.cfg.batch_size))
         return [b for b in batches if len(b) > 1]
 
@@ -139,9 +152,13 @@ class SCLTrainer:
         dataset.transform = build_transform(self.spec, self.cfg.augment if augment else None)
         torch.manual_seed(self.cfg.seed * 7919 + epoch)  # augmentations in the main process
         return torch.utils.data.DataLoader(
-            dataset, batch_sampler=[b.tolist() for b in batches], num_workers=self.cfg.num_workers,
-            generator=_epoch_generator(self.cfg.seed, epoch, 2), pin_memory=self.cuda,
-            persistent_workers=False)
+            dataset,
+            batch_sampler=[b.tolist() for b in batches],
+            num_workers=self.cfg.num_workers,
+            generator=_epoch_generator(self.cfg.seed, epoch, 2),
+            pin_memory=self.cuda,
+            persistent_workers=False,
+        )
 
     # ---------------------------------------------------------------- banks
     @torch.no_grad()
@@ -151,8 +168,11 @@ class SCLTrainer:
         seed_mode = self.cfg.scl.bank_init == "seed"
         self.model.train(seed_mode)
         # Every slot exactly once (no camera balancing here); a trailing single crop joins the last batch.
-        order = torch.randperm(len(dataset), generator=_epoch_generator(self.cfg.seed, -1, 1)) if seed_mode \
+        order = (
+            torch.randperm(len(dataset), generator=_epoch_generator(self.cfg.seed, -1, 1))
+            if seed_mode
             else torch.arange(len(dataset))
+        )
         batches = list(torch.split(order, self.cfg.batch_size if seed_mode else 64))
         if len(batches) > 1 and len(batches[-1]) == 1:
             batches[-2:] = [torch.cat(batches[-2:])]
@@ -167,10 +187,19 @@ class SCLTrainer:
         """Positives/negatives for one batch (warm-up during the first ``warmup_epochs`` epochs)."""
         s = self.cfg.scl
         if epoch < s.warmup_epochs:
-            return select_warmup(idx, len(self.banks), self.P, self.K, self.select_gen,
-                                 s.reproduce_warmup_self_negative_bug)
-        dist = pairwise_distance(g.detach(), l.detach(), self.banks.G, self.banks.L, s.lambda_g, s.lambda_c,
-                                 self.cams[idx], self.cams)
+            return select_warmup(
+                idx, len(self.banks), self.P, self.K, self.select_gen, s.reproduce_warmup_self_negative_bug
+            )
+        dist = pairwise_distance(
+            g.detach(),
+            l.detach(),
+            self.banks.G,
+            self.banks.L,
+            s.lambda_g,
+            s.lambda_c,
+            self.cams[idx],
+            self.cams,
+        )
         return select_neighbours(dist, idx, self.P, self.K, self.groups)
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, epoch: int) -> tuple[float, Selection]:
@@ -188,8 +217,14 @@ class SCLTrainer:
         return float(loss.detach()), selection
 
     # ---------------------------------------------------------------- loop
-    def fit(self, dataset: CropDataset, out_dir: str | Path, init_checkpoint: str | None = None,
-            resume: bool = False, monitor_labels: torch.Tensor | None = None) -> FitResult:
+    def fit(
+        self,
+        dataset: CropDataset,
+        out_dir: str | Path,
+        init_checkpoint: str | None = None,
+        resume: bool = False,
+        monitor_labels: torch.Tensor | None = None,
+    ) -> FitResult:
         """Train and checkpoint to ``out_dir``. ``resume`` continues ``out_dir/last.pt`` when it exists.
         ``monitor_labels`` ``[N]`` (optional) are used only to log the positives' precision, never to train."""
         if len(dataset) < self.cfg.batch_size or len(dataset) < 3:
@@ -207,8 +242,9 @@ class SCLTrainer:
         history: list[dict] = []
         epoch, finished = start_epoch, True
         for epoch in range(start_epoch, self.cfg.epochs):
-            record, stopped_at = self._run_epoch(dataset, epoch, start_step if epoch == start_epoch else 0,
-                                                 labels, started)
+            record, stopped_at = self._run_epoch(
+                dataset, epoch, start_step if epoch == start_epoch else 0, labels, started
+            )
             if stopped_at is not None:
                 self._save(out / LAST, epoch, stopped_at)
                 finished = False
@@ -224,8 +260,9 @@ class SCLTrainer:
         metrics = {k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, float)}
         return FitResult(out / LAST, epoch, finished, metrics, history)
 
-    def _run_epoch(self, dataset: CropDataset, epoch: int, skip: int, labels: torch.Tensor | None,
-                   started: float) -> tuple[dict, int | None]:
+    def _run_epoch(
+        self, dataset: CropDataset, epoch: int, skip: int, labels: torch.Tensor | None, started: float
+    ) -> tuple[dict, int | None]:
         batches = self._batches(dataset, epoch)
         loader = self._loader(dataset, batches, epoch, augment=True)
         t0 = time.monotonic()
@@ -241,9 +278,15 @@ class SCLTrainer:
             if labels is not None and selection.positives:
                 pos = selection.index[:, 1 : 1 + selection.positives]
                 precisions.append(float((labels[pos] == labels[selection.index[:, :1]]).float().mean()))
-        record = {"epoch": epoch + 1, "loss": float(torch.tensor(losses).mean()) if losses else float("nan"),
-                  "warmup": epoch < self.cfg.scl.warmup_epochs, "P": self.P, "K": self.K,
-                  "steps": len(losses), "seconds": round(time.monotonic() - t0, 2)}
+        record = {
+            "epoch": epoch + 1,
+            "loss": float(torch.tensor(losses).mean()) if losses else float("nan"),
+            "warmup": epoch < self.cfg.scl.warmup_epochs,
+            "P": self.P,
+            "K": self.K,
+            "steps": len(losses),
+            "seconds": round(time.monotonic() - t0, 2),
+        }
         if precisions:
             record["neighbour_precision"] = float(torch.tensor(precisions).mean())
         return record, None
@@ -263,8 +306,17 @@ class SCLTrainer:
         rng = {"torch": torch.get_rng_state(), "select": self.select_gen.get_state()}
         if self.cuda:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        save_checkpoint(path, self.model, self.cfg, epoch, metrics, optimizer=self.optimizer.state_dict(),
-                        banks=self.banks.state_dict(), rng=rng, step=step)
+        save_checkpoint(
+            path,
+            self.model,
+            self.cfg,
+            epoch,
+            metrics,
+            optimizer=self.optimizer.state_dict(),
+            banks=self.banks.state_dict(),
+            rng=rng,
+            step=step,
+        )
 
     def _restore(self, path: Path) -> tuple[int, int]:
         state = read_checkpoint(path)

@@ -98,8 +98,11 @@ def _resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img if img.size == (w, h) else img.resize((w, h), Image.BILINEAR)
 
 
-def preprocess_bgr(images: Sequence[np.ndarray], input_size: tuple[int, int] = INPUT_SPEC.input_size,
-                   spec: InputSpec = INPUT_SPEC) -> torch.Tensor:
+def preprocess_bgr(
+    images: Sequence[np.ndarray],
+    input_size: tuple[int, int] = INPUT_SPEC.input_size,
+    spec: InputSpec = INPUT_SPEC,
+) -> torch.Tensor:
     """BGR (or grayscale) uint8 crops -> normalised float tensor ``[B, 3, H, W]`` (test transform)."""
     spec = InputSpec(spec.color_order, spec.mean, spec.std, tuple(input_size))
     if not len(images):
@@ -107,8 +110,9 @@ def preprocess_bgr(images: Sequence[np.ndarray], input_size: tuple[int, int] = I
     return torch.stack([_to_tensor(_resize(bgr_to_pil(im), spec.input_size), spec) for im in images])
 
 
-def build_transform(spec: InputSpec, augment: AugmentConfig | None = None,
-                    generator: torch.Generator | None = None) -> Callable[[Image.Image], torch.Tensor]:
+def build_transform(
+    spec: InputSpec, augment: AugmentConfig | None = None, generator: torch.Generator | None = None
+) -> Callable[[Image.Image], torch.Tensor]:
     """PIL RGB image -> tensor. ``augment=None`` is the test transform; otherwise the training one
     (resize, flip, optional pad+crop, normalise, optional random erasing), drawing its randomness
     from ``generator`` (torch's global RNG when None) so that seeded runs repeat."""
@@ -137,11 +141,15 @@ def _pad_crop(x: torch.Tensor, pad: int, rand: Callable[[], float]) -> torch.Ten
     _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     top, left = int(rand() * (2 * pad + 1)), int(rand() * (2 * pad + 1))
-    return padded[:, top:top + h, left:left + w]
+    return padded[:, top : top + h, left : left + w]
 
 
-def _erase(x: torch.Tensor, rand: Callable[[], float], scale: tuple[float, float] = (0.02, 0.4),
-           ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+def _erase(
+    x: torch.Tensor,
+    rand: Callable[[], float],
+    scale: tuple[float, float] = (0.02, 0.4),
+    ratio: tuple[float, float] = (0.3, 3.3),
+) -> torch.Tensor:
     """Random erasing (Zhong et al.) with the normalised mean (zero), as torchvision's RandomErasing(value=0)."""
     _, h, w = x.shape
     for _ in range(10):
@@ -151,6 +159,6 @@ def _erase(x: torch.Tensor, rand: Callable[[], float], scale: tuple[float, float
         if 0 < eh < h and 0 < ew < w:
             top, left = int(rand() * (h - eh + 1)), int(rand() * (w - ew + 1))
             x = x.clone()
-            x[:, top:top + eh, left:left + ew] = 0.0
+            x[:, top : top + eh, left : left + ew] = 0.0
             return x
     return x

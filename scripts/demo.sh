@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: set up, then run the main job on the bundled real data.
 #
-# Two sample videos (PETS 2009 S2L1 and an indoor CC-BY clip) are two cameras. Every stage runs
+# Sample videos as three cameras (configs/demo.yaml: PETS 2009 S2L1 split into two virtual cameras,
+# its left and right halves, plus an indoor CC-BY clip). Every stage runs
 # on this machine around the embedded Redis: ingest (YOLOX-nano + ByteTrack) fills the pool, the
 # embedder serves model version 1 (ImageNet MobileNetV2, exported to ONNX), the matcher assigns
 # global identities, one self-training cycle adapts the model on the unlabelled pool (Selective
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$PWD/.yolo"
 export SELFREID_DATA_DIR="${SELFREID_DATA_DIR:-$PWD/.selfreid/demo}"
-CONFIG="${1:-configs/local.yaml}"
+CONFIG="${1:-configs/demo.yaml}"
 SELFREID=.venv/bin/selfreid
 
 rm -rf "$SELFREID_DATA_DIR"

@@ -30,13 +30,21 @@ class SelectiveContrastiveTrainer:
 
         train: TrainConfig = Field(TrainConfig(), description="SCL hyper-parameters (seed defaults).")
         progress: bool = Field(False, description="Show a progress bar on stderr.")
-        resume: bool = Field(False, description="Continue out_dir/last.pt when it exists (same crops needed).")
+        resume: bool = Field(
+            False, description="Continue out_dir/last.pt when it exists (same crops needed)."
+        )
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or self.Settings()
 
-    def fit(self, images: Sequence[np.ndarray], camera_ids: Sequence[int], groups: Sequence[str] | None,
-            init_checkpoint: str | None, out_dir: str) -> TrainResult:
+    def fit(
+        self,
+        images: Sequence[np.ndarray],
+        camera_ids: Sequence[int],
+        groups: Sequence[str] | None,
+        init_checkpoint: str | None,
+        out_dir: str,
+    ) -> TrainResult:
         """Train on BGR crops (uint8 HxWx3 or grayscale); ``groups`` (e.g. camera/track keys) are
         used only when ``train.scl.tracklet_positives`` is on."""
         dataset = ArrayCropDataset(images, camera_ids, groups)

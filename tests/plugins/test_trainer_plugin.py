@@ -10,7 +10,13 @@ from selfreid.plugins.contracts import Trainer, TrainResult
 from selfreid.reid_model.checkpoint import load_model
 
 TINY = {
-    "model": {"backbone": "resnet18", "pretrained": "none", "input_size": [32, 16], "global_dim": 64, "local_dim": 8},
+    "model": {
+        "backbone": "resnet18",
+        "pretrained": "none",
+        "input_size": [32, 16],
+        "global_dim": 64,
+        "local_dim": 8,
+    },
     "scl": {"positives": 2, "negatives": 4, "warmup_epochs": 1},
     "epochs": 2,
     "batch_size": 4,

@@ -14,15 +14,25 @@ TRAIN_MODEL = TINY_MODEL.model_copy(update={"input_size": (32, 16), "global_dim"
 
 
 @pytest.fixture(autouse=True)
-def _threads():
+def _one_thread():
+    """Tiny tensors run fastest on one thread on a shared machine; restored afterwards."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture()
 def tiny_cfg() -> TrainConfig:
     """Seed config on a narrow random resnet18 at 32x16: 2 epochs, 1 warm-up, small P/K."""
-    return TrainConfig(model=TRAIN_MODEL, scl=SCLConfig(positives=2, negatives=5, warmup_epochs=1),
-                       epochs=2, batch_size=4, num_workers=0, device="cpu")
+    return TrainConfig(
+        model=TRAIN_MODEL,
+        scl=SCLConfig(positives=2, negatives=5, warmup_epochs=1),
+        epochs=2,
+        batch_size=4,
+        num_workers=0,
+        device="cpu",
+    )
 
 
 @pytest.fixture()

@@ -57,7 +57,10 @@ def _unit(n: int, d: int, seed: int) -> torch.Tensor:
 
 
 def test_pairwise_distance_matches_the_definition() -> None:
-    G, L = _unit(6, 4, 0), F.normalize(torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
+    G, L = (
+        _unit(6, 4, 0),
+        F.normalize(torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(1)), dim=-1),
+    )
     g, l = G[:2] * 0.9, L[:2]
     cams, bank_cams = torch.tensor([0, 1]), torch.tensor([0, 1, 0, 1, 0, 1])
     d = pairwise_distance(g, l, G, L, 0.3, 0.05, cams, bank_cams)
@@ -69,8 +72,7 @@ def test_pairwise_distance_matches_the_definition() -> None:
 
 
 def test_positives_are_the_nearest_and_negatives_the_next_window() -> None:
-    dist = torch.tensor([[0.0, 0.5, 0.1, 0.9, 0.3, 0.7, 0.2],
-                         [0.4, 0.0, 0.8, 0.1, 0.6, 0.2, 0.9]])
+    dist = torch.tensor([[0.0, 0.5, 0.1, 0.9, 0.3, 0.7, 0.2], [0.4, 0.0, 0.8, 0.1, 0.6, 0.2, 0.9]])
     sel = select_neighbours(dist, torch.tensor([0, 1]), positives=2, negatives=3)
     assert sel.index[0].tolist() == [0, 2, 6, 4, 1, 5]
     assert sel.index[1].tolist() == [1, 3, 5, 0, 4, 2]
@@ -119,8 +121,10 @@ def test_warmup_positive_is_self_and_self_is_never_a_negative() -> None:
 def test_warmup_bug_flag_lets_self_be_a_negative() -> None:
     gen = torch.Generator().manual_seed(0)
     idx = torch.arange(10)
-    hits = sum(int((select_warmup(idx, 10, 3, 5, gen, self_negative_bug=True).index[:, 1:] == idx[:, None]).any())
-               for _ in range(50))
+    hits = sum(
+        int((select_warmup(idx, 10, 3, 5, gen, self_negative_bug=True).index[:, 1:] == idx[:, None]).any())
+        for _ in range(50)
+    )
     assert hits > 0
 
 

@@ -27,7 +27,11 @@ def test_market_names() -> None:
 
 def test_read_market_and_split(shared_data) -> None:
     items = read_market(shared_data / "con-reid" / "bounding_box_train")
-    assert len(items) == 7711 and len({i.pid for i in items}) == 71 and {i.camera for i in items} == set(range(1, 7))
+    assert (
+        len(items) == 7711
+        and len({i.pid for i in items}) == 71
+        and {i.camera for i in items} == set(range(1, 7))
+    )
     train, query, gallery = split_market(items, 20, seed=0)
     held = {i.pid for i in query}
     assert len(held) == 20 and held == {i.pid for i in gallery} and not held & {i.pid for i in train}

@@ -12,7 +12,9 @@ def _brute_force(dist: np.ndarray, q_pids, g_pids, q_cams, g_cams) -> tuple[floa
     aps, cmc = [], np.zeros(10)
     for i in range(len(q_pids)):
         order = np.argsort(dist[i], kind="stable")
-        keep = [j for j in order if not ((g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i]) or g_pids[j] == -1)]
+        keep = [
+            j for j in order if not ((g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i]) or g_pids[j] == -1)
+        ]
         hits = [g_pids[j] == q_pids[i] for j in keep]
         if not any(hits):
             continue

@@ -65,7 +65,9 @@ def test_local_weights_file_loads(tmp_path) -> None:
     torch.manual_seed(1)
     reference = torchvision.models.resnet18()
     torch.save(reference.state_dict(), tmp_path / "r18.pth")
-    model = build_model(TINY_MODEL.model_copy(update={"pretrained": "imagenet", "weights_path": str(tmp_path / "r18.pth")}))
+    model = build_model(
+        TINY_MODEL.model_copy(update={"pretrained": "imagenet", "weights_path": str(tmp_path / "r18.pth")})
+    )
     assert torch.equal(model.backbone[0].weight, reference.conv1.weight)
 
 

@@ -26,16 +26,41 @@ def test_train_then_eval(tmp_path) -> None:
     data = tmp_path / "market"
     _market_folder(data)
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "site"), "train": {
-        "model": TRAIN_MODEL.model_dump(mode="json"), "scl": {"positives": 2, "negatives": 4, "warmup_epochs": 1},
-        "epochs": 1, "batch_size": 4, "num_workers": 0, "device": "cpu"}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "site"),
+                "train": {
+                    "model": TRAIN_MODEL.model_dump(mode="json"),
+                    "scl": {"positives": 2, "negatives": 4, "warmup_epochs": 1},
+                    "epochs": 1,
+                    "batch_size": 4,
+                    "num_workers": 0,
+                    "device": "cpu",
+                },
+            }
+        )
+    )
     runner = CliRunner()
     out = tmp_path / "run"
     trained = runner.invoke(app, ["train", "--data", str(data), "--config", str(config), "--out", str(out)])
     assert trained.exit_code == 0, trained.output
     assert (out / "last.pt").is_file()
-    evaluated = runner.invoke(app, ["eval", "--model", str(out / "last.pt"), "--data", str(data),
-                                    "--holdout-ids", "2", "--camera-penalty", "--device", "cpu"])
+    evaluated = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(out / "last.pt"),
+            "--data",
+            str(data),
+            "--holdout-ids",
+            "2",
+            "--camera-penalty",
+            "--device",
+            "cpu",
+        ],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert "standard (cosine): mAP" in evaluated.output and "camera penalty 0.05" in evaluated.output
 

@@ -31,7 +31,9 @@ def test_same_seed_same_losses(tiny_cfg, tiny_crops) -> None:
 
 def test_fit_writes_a_weights_only_checkpoint_and_a_log(tiny_cfg, tiny_crops, tmp_path) -> None:
     labels = torch.tensor([i % 4 for i in range(12)])
-    result = SCLTrainer(tiny_cfg, progress=False).fit(ArrayCropDataset(*tiny_crops), tmp_path, monitor_labels=labels)
+    result = SCLTrainer(tiny_cfg, progress=False).fit(
+        ArrayCropDataset(*tiny_crops), tmp_path, monitor_labels=labels
+    )
     assert result.finished and result.epochs == 2
     state = torch.load(result.checkpoint, weights_only=True)
     assert state["epoch"] == 2 and state["banks"]["M"].shape == (12, 64) and state["embedding_dim"] == 128
@@ -48,7 +50,9 @@ def test_fit_writes_a_weights_only_checkpoint_and_a_log(tiny_cfg, tiny_crops, tm
 def test_resume_repeats_the_uninterrupted_run(tiny_cfg, tiny_crops, tmp_path) -> None:
     data = ArrayCropDataset(*tiny_crops)
     full = SCLTrainer(tiny_cfg, progress=False).fit(data, tmp_path / "full")
-    first = SCLTrainer(tiny_cfg.model_copy(update={"epochs": 1}), progress=False).fit(data, tmp_path / "split")
+    first = SCLTrainer(tiny_cfg.model_copy(update={"epochs": 1}), progress=False).fit(
+        data, tmp_path / "split"
+    )
     assert first.epochs == 1
     resumed = SCLTrainer(tiny_cfg, progress=False).fit(data, tmp_path / "split", resume=True)
     assert resumed.epochs == 2 and len(resumed.history) == 1
@@ -65,10 +69,13 @@ def test_time_budget_stops_and_saves(tiny_cfg, tiny_crops, tmp_path) -> None:
     assert read_checkpoint(result.checkpoint)["step"] == 0
 
 
-@pytest.mark.parametrize("update", [
-    {"tracklet_positives": True, "camera_balanced_sampling": True, "scale_with_pool": True},
-    {"reproduce_warmup_self_negative_bug": True, "bank_init": "eval"},
-])
+@pytest.mark.parametrize(
+    "update",
+    [
+        {"tracklet_positives": True, "camera_balanced_sampling": True, "scale_with_pool": True},
+        {"reproduce_warmup_self_negative_bug": True, "bank_init": "eval"},
+    ],
+)
 def test_switches_train(tiny_cfg, tiny_crops, tmp_path, update) -> None:
     cfg = tiny_cfg.model_copy(update={"scl": tiny_cfg.scl.model_copy(update=update), "epochs": 2})
     images, cams = tiny_crops
