@@ -28,19 +28,35 @@ from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.embed_service import StopFlag
 from selfreid.pipeline.identity_search import IdentitySearch, SearchError
 
-__all__ = ["create_app", "render_report", "run_api"]
+__all__ = ["create_app", "render_report", "report_identities", "run_api"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
+def report_identities(search: IdentitySearch) -> tuple[str, list, str]:
+    """(version, identities, note) for the report: the served version's gallery, or, while that one
+    is still empty (a fresh promotion starts a fresh gallery, see the matcher), the newest version
+    that has identities, with a note saying so."""
+    served = search.embedder.model_version or ""
+    identities = search.identities(served) if served else []
+    if identities:
+        return served, identities, ""
+    for version in reversed(list(search.gallery.versions())):
+        if version != served and (older := search.identities(version)):
+            note = f"Model version {served} serves now; its gallery is still empty, so this page shows version {version}'s."
+            return version, older, note
+    return served, [], ""
+
+
 def render_report(search: IdentitySearch) -> str:
-    """The identities page (HTML): every identity with thumbnails per camera, for the served model."""
+    """The identities page (HTML): every identity with thumbnails per camera."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
-    identities = search.identities()
+    version, identities, note = report_identities(search)
     return env.get_template("report.html").render(
-        version=search.embedder.model_version,
+        version=version,
+        note=note,
         identities=identities,
         multi=sum(len(i.cameras) > 1 for i in identities),
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -123,7 +123,7 @@ def report_command(
     with thumbnails per camera, for the model version that serves now."""
     import redis
 
-    from selfreid.pipeline.api import render_report
+    from selfreid.pipeline.api import render_report, report_identities
     from selfreid.pipeline.cli import console, fail, load_or_fail
     from selfreid.pipeline.identity_search import IdentitySearch, SearchError
     from selfreid.pipeline.redis_conn import redis_endpoint
@@ -133,7 +133,7 @@ def report_command(
         client = redis.Redis.from_url(url)
         try:
             search = IdentitySearch(cfg, client)
-            page, identities = render_report(search), search.identities()
+            page, (version, identities, _) = render_report(search), report_identities(search)
         except SearchError as exc:
             fail(str(exc))
         finally:
@@ -141,4 +141,5 @@ def report_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     across = sum(len(i.cameras) > 1 for i in identities)
-    console.print(f"[green]wrote[/] {out}: {len(identities)} identities, {across} seen by more than one camera")
+    console.print(f"[green]wrote[/] {out}: model version {version}, {len(identities)} identities, "
+                  f"{across} seen by more than one camera")

@@ -6,7 +6,8 @@
 # on this machine around the embedded Redis: ingest (YOLOX-nano + ByteTrack) fills the pool, the
 # embedder serves model version 1 (ImageNet MobileNetV2, exported to ONNX), the matcher assigns
 # global identities, one self-training cycle adapts the model on the unlabelled pool (Selective
-# Contrastive Learning), gates, exports and promotes version 2, and the embedder hot-swaps it.
+# Contrastive Learning), exports version 2 and gates it: promoted when it passes (the embedder then
+# hot-swaps it), kept out of service with the reason when it does not.
 # At the end: the model registry and an HTML report of the identities with their thumbnails.
 #
 # Data goes to .selfreid/demo (emptied at the start of each demo run). About 10-20 minutes on a

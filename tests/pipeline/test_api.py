@@ -138,3 +138,16 @@ def test_run_api_serves_until_stopped(cfg, redis_server, embedder):
         stop.set()
         thread.join(timeout=15)
     assert not thread.is_alive()
+
+
+def test_report_falls_back_to_the_newest_gallery_after_a_promotion(cfg, redis_client, onnx_model_factory, gallery):
+    """Right after a promotion the served version's gallery is empty: the report says so and shows
+    the newest version that has identities instead of an empty page."""
+    from selfreid.pipeline.api import render_report, report_identities
+    from selfreid.pipeline.identity_search import IdentitySearch
+
+    fresh = OnnxEmbedder(OnnxEmbedder.Settings(model=str(onnx_model_factory("v2"))))
+    search = IdentitySearch(cfg, redis_client, embedder=fresh)
+    version, identities, note = report_identities(search)
+    assert version == "v1" and len(identities) >= 3 and "v2" in note
+    assert "its gallery is still empty" in render_report(search)
