@@ -37,13 +37,15 @@ def report_identities(search: IdentitySearch) -> tuple[str, list, str]:
     """(version, identities, note) for the report: the served version's gallery, or, while that one
     is still empty (a fresh promotion starts a fresh gallery, see the matcher), the newest version
     that has identities, with a note saying so."""
+    search.refresh_model()
     served = search.embedder.model_version or ""
     identities = search.identities(served) if served else []
     if identities:
         return served, identities, ""
     for version in reversed(list(search.gallery.versions())):
         if version != served and (older := search.identities(version)):
-            note = f"Model version {served} serves now; its gallery is still empty, so this page shows version {version}'s."
+            note = (f"Model version {served} serves now; its gallery is still empty, so this page shows version {version}'s."
+                    if served else f"No model could be loaded; this page shows the gallery of version {version}.")
             return version, older, note
     return served, [], ""
 
