@@ -171,7 +171,11 @@ def export_command(
 
 
 @models_app.command("init")
-def init_command(config: ConfigOpt = None, crops: CropsOpt = None) -> None:
+def init_command(
+    config: ConfigOpt = None,
+    crops: CropsOpt = None,
+    if_empty: Annotated[bool, typer.Option("--if-empty", help="Do nothing (exit 0) when versions exist already.")] = False,
+) -> None:
     """Register and promote version 1 = the configured pretrained backbone (train.model), so a new
     site serves embeddings before its first adaptation cycle."""
     import tempfile
@@ -183,6 +187,8 @@ def init_command(config: ConfigOpt = None, crops: CropsOpt = None) -> None:
 
     with _registry(config) as (cfg, registry):
         if registry.versions():
+            if if_empty:
+                return
             fail(f"the registry {registry.root} already has versions; use `selfreid models list`")
         images = _parity_crops(cfg, registry, crops, cfg.export.parity_crops)
         with tempfile.TemporaryDirectory() as tmp:

@@ -168,6 +168,8 @@ def test_models_cli_init_list_promote_rollback(tmp_path, redis_server, redis_cli
     assert pointer["version"] == "1" and pointer["embedding_dim"] == 4096 and Path(pointer["onnx"]).is_file()
     again = runner.invoke(app, ["models", "init", "-c", str(config), "--crops", str(crops)])
     assert again.exit_code == 2 and "already has versions" in again.output
+    idempotent = runner.invoke(app, ["models", "init", "--if-empty", "-c", str(config), "--crops", str(crops)])
+    assert idempotent.exit_code == 0 and json.loads(redis_client.get(production_key(PREFIX)))["version"] == "1"
 
     listed = runner.invoke(app, ["models", "list", "-c", str(config)])
     assert listed.exit_code == 0 and "production" in listed.output, listed.output
