@@ -40,7 +40,9 @@ import redis
 
 from selfreid.pipeline.config import AppConfig, CameraConfig
 
-__all__ = ["ENV_VAR", "Membership", "claim_cameras", "owner", "parse_shard", "shard_of", "with_cameras"]
+__all__ = [
+    "ENV_VAR", "Membership", "claim_cameras", "owner", "parse_shard", "replica_instance", "shard_of", "with_cameras",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ class Membership:
         self.ttl_s = ttl_s
         # Stable across restarts of one container (same hostname, pid 1), so a replica that
         # restarts to take its new share comes back as the same member and moves nothing else.
-        self.member_id = member_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.member_id = member_id or _process_name()
 
     def beat(self) -> list[str]:
         """Renew this member, drop the stale ones, and return the live members (sorted)."""
@@ -135,6 +137,22 @@ def _watch(
 def with_cameras(cfg: AppConfig, cameras: Sequence[CameraConfig]) -> AppConfig:
     """``cfg`` with ``ingest.cameras`` replaced by this replica's share."""
     return cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"cameras": list(cameras)})})
+
+
+def replica_instance() -> str:
+    """This ingest replica's name in the stage status (:mod:`selfreid.pipeline.status`): ``0`` when
+    one process reads every camera, the shard index for a fixed split, the member id in ``auto``
+    mode, so that scaled replicas do not overwrite each other's status."""
+    mode = parse_shard(os.environ.get(ENV_VAR))
+    if mode == "all":
+        return "0"
+    if isinstance(mode, tuple):
+        return str(mode[0])
+    return _process_name()
+
+
+def _process_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @contextmanager

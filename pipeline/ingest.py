@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import redis
 
-from selfreid.pipeline.camera_assignment import claim_cameras, with_cameras
+from selfreid.pipeline.camera_assignment import claim_cameras, replica_instance, with_cameras
 from selfreid.pipeline.config import AppConfig, CameraConfig
 from selfreid.pipeline.crop_policy import CropPolicy
 from selfreid.pipeline.metrics import MetricsServer, StageMetrics, start_metrics_server
@@ -424,7 +424,7 @@ class _Ingest:
             state = "error" if stats and len(failed) == len(stats) else "degraded" if failed else "running"
             status = {"state": state, "error": "; ".join(failed), "cameras": fields}
             status |= {"pool": asdict(pool_stats), "metrics_port": self.metrics_port}
-            publish_status(self.client, self.cfg.pool.prefix, "ingest", status)
+            publish_status(self.client, self.cfg.pool.prefix, "ingest", status, replica_instance())
         except (redis.RedisError, OSError):
             pass  # Redis down: the pool already counts and reports it
         if self.on_status is not None:

@@ -79,3 +79,17 @@ def test_all_mode_and_with_cameras(monkeypatch: pytest.MonkeyPatch, redis_client
     with claim_cameras(cfg, redis_client, threading.Event()) as cameras:
         assert [c.id for c in cameras] == CAMERA_IDS
     assert [c.id for c in with_cameras(cfg, cameras[:2]).ingest.cameras] == CAMERA_IDS[:2]
+
+
+def test_replicas_report_status_under_their_own_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import socket
+
+    from selfreid.pipeline.camera_assignment import ENV_VAR, replica_instance
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert replica_instance() == "0"
+    monkeypatch.setenv(ENV_VAR, "2/3")
+    assert replica_instance() == "2"
+    monkeypatch.setenv(ENV_VAR, "auto")
+    assert replica_instance() == f"{socket.gethostname()}-{os.getpid()}"
