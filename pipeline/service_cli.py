@@ -90,6 +90,11 @@ def list_command(config: ConfigOpt = None) -> None:
 
     with _registry(config) as (_, registry):
         versions = registry.versions()
+    if not versions:
+        from selfreid.pipeline.cli import console
+
+        console.print(f"no model in {registry.root} yet: `selfreid models init` serves the pretrained backbone as version 1")
+        return
     table = Table(title=f"models in {registry.root}")
     for column in ("version", "status", "parent", "created", "dim", "parity", "gate"):
         table.add_column(column)
