@@ -23,7 +23,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 import redis
 
@@ -33,9 +32,10 @@ from selfreid.pipeline.model_registry import production_key, promoted_channel
 from selfreid.pipeline.pool import open_pool
 from selfreid.pipeline.status import publish_status
 from selfreid.plugins import registry
+from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.contracts import Crop, Embedding, PoolStore
 
-__all__ = ["run_embedder", "ModelFollower", "EmbedStats", "build_embedder", "decode_jpeg", "embed_with_version", "GROUP"]
+__all__ = ["run_embedder", "ModelFollower", "EmbedStats", "build_embedder", "embed_with_version", "GROUP"]
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,6 @@ class StopFlag(Protocol):
     def is_set(self) -> bool: ...
 
     def wait(self, timeout: float | None = None) -> bool: ...
-
-
-def decode_jpeg(data: bytes) -> np.ndarray | None:
-    """A BGR image, or ``None`` when ``data`` is not a decodable image."""
-    if not data:
-        return None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return image if image is not None and image.size else None
 
 
 class ModelFollower:

@@ -14,13 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import redis
 
+from selfreid.plugins.codec import as_text
 from selfreid.plugins.contracts import Embedding
 
 __all__ = ["EmbeddingStore", "StoredEmbedding"]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ class EmbeddingStore:
                 "jpeg": jpeg,
             }
             pipe.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
-        return [_text(i) for i in pipe.execute()]
+        return [as_text(i) for i in pipe.execute()]
 
     def _ensure_group(self, group: str) -> None:
         if group in self._groups:
@@ -75,18 +72,18 @@ class EmbeddingStore:
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 if fields:  # a pending entry trimmed away comes back without fields
-                    out.append(self._decode(_text(entry_id), fields))
+                    out.append(self._decode(as_text(entry_id), fields))
         return out
 
     @staticmethod
     def _decode(entry_id: str, f: dict) -> StoredEmbedding:
         emb = Embedding(
-            crop_id=_text(f[b"crop"]),
-            camera_id=_text(f[b"cam"]),
+            crop_id=as_text(f[b"crop"]),
+            camera_id=as_text(f[b"cam"]),
             timestamp=float(f[b"ts"]),
             track_id=int(f[b"track"]),
             vector=np.frombuffer(f[b"vec"], np.float32).copy(),
-            model_version=_text(f[b"ver"]),
+            model_version=as_text(f[b"ver"]),
             quality=float(f.get(b"q", 1.0)),
         )
         return StoredEmbedding(entry_id, emb, f.get(b"jpeg", b""))

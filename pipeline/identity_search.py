@@ -21,7 +21,8 @@ import numpy as np
 import redis
 
 from selfreid.pipeline.config import AppConfig
-from selfreid.pipeline.embed_service import ModelFollower, build_embedder, decode_jpeg, embed_with_version
+from selfreid.pipeline.embed_service import ModelFollower, build_embedder, embed_with_version
+from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord
 
 __all__ = ["IdentitySearch", "SearchError", "Sighting", "Identity"]

@@ -45,6 +45,7 @@ from typing import Any
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.redis_conn import redis_endpoint
 from selfreid.pipeline.signals import stop_on_signals
+from selfreid.plugins.codec import as_text
 
 __all__ = [
     "STAGES",
@@ -251,18 +252,14 @@ def stream_backlog(client: Any, key: str, group: str) -> int:
     import redis
 
     try:
-        groups = {_text(g["name"]): g for g in client.xinfo_groups(key)}
+        groups = {as_text(g["name"]): g for g in client.xinfo_groups(key)}
     except redis.ResponseError:  # no such stream
         return 0
     info = groups.get(group)
     if info is None:
         return int(client.xlen(key))
-    after = client.xrange(key, min=f"({_text(info['last-delivered-id'])}", max="+", count=1000)
+    after = client.xrange(key, min=f"({as_text(info['last-delivered-id'])}", max="+", count=1000)
     return int(info["pending"]) + len(after)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def pool_backlog(pool: Any, group: str) -> int:

@@ -46,6 +46,7 @@ from selfreid.pipeline.gate import Holdout, nonfinite_parameters, run_gate
 from selfreid.pipeline.model_registry import ModelRegistry, open_registry, slim_checkpoint
 from selfreid.pipeline.pool import open_pool
 from selfreid.pipeline.status import publish_status
+from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.contracts import Crop, PoolStore
 from selfreid.reid_model.checkpoint import load_model, read_checkpoint
 from selfreid.reid_model.data import ArrayCropDataset
@@ -83,12 +84,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def decode_crops(crops: list[Crop]) -> tuple[list[np.ndarray], list[int]]:
     """Decoded BGR images and the positions of the crops whose JPEG decoded."""
-    import cv2
-
     images, kept = [], []
     for i, crop in enumerate(crops):
-        image = cv2.imdecode(np.frombuffer(crop.jpeg, np.uint8), cv2.IMREAD_COLOR)
-        if image is not None and image.size:
+        image = decode_jpeg(crop.jpeg)
+        if image is not None:
             images.append(image)
             kept.append(i)
     return images, kept
@@ -124,9 +123,7 @@ class Snapshot:
             return cls(jpegs, f["cams"].tolist(), f["tracks"].tolist(), f["holdout"].astype(bool))
 
     def images(self) -> list[np.ndarray]:
-        import cv2
-
-        return [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in self.jpegs]
+        return [decode_jpeg(j) for j in self.jpegs]
 
 
 def holdout_mask(groups: list[str], fraction: float, seed: int) -> np.ndarray:

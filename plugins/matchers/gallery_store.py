@@ -29,15 +29,13 @@ from typing import Any
 import numpy as np
 import redis
 
+from selfreid.plugins.codec import as_text
+
 __all__ = ["TrackletRecord", "GalleryStore", "tracklet_key"]
 
 
 def tracklet_key(camera_id: str, track_id: int, start: float) -> str:
     return f"{camera_id}|{track_id}|{int(round(start * 1000))}"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass
@@ -96,7 +94,7 @@ class GalleryStore:
     # -- versions and tracklets ----------------------------------------------------------------
     def versions(self) -> dict[str, dict[str, Any]]:
         """Known model versions, oldest first."""
-        raw = {_text(k): json.loads(v) for k, v in self.client.hgetall(self.key("versions")).items()}
+        raw = {as_text(k): json.loads(v) for k, v in self.client.hgetall(self.key("versions")).items()}
         return dict(sorted(raw.items(), key=lambda kv: kv[1]["first_seen"]))
 
     def register_version(self, version: str, dim: int) -> None:
@@ -136,11 +134,11 @@ class GalleryStore:
         pipe.execute()
 
     def retired_versions(self) -> set[str]:
-        return {_text(v) for v in self.client.smembers(self.key("retired"))}
+        return {as_text(v) for v in self.client.smembers(self.key("retired"))}
 
     # -- open tracklet per tracker id -------------------------------------------------------------
     def load_segments(self) -> dict[str, dict[str, Any]]:
-        return {_text(k): json.loads(v) for k, v in self.client.hgetall(self.key("segments")).items()}
+        return {as_text(k): json.loads(v) for k, v in self.client.hgetall(self.key("segments")).items()}
 
     def save_segments(self, segments: dict[str, dict[str, Any]]) -> None:
         if segments:
@@ -173,4 +171,4 @@ class GalleryStore:
     def read_events(self, count: int = 100) -> list[dict[str, str]]:
         """The newest ``count`` events, oldest first (for reports and tests)."""
         entries = self.client.xrevrange(self.events_key, count=count)
-        return [{_text(k): _text(v) for k, v in fields.items()} for _, fields in reversed(entries)]
+        return [{as_text(k): as_text(v) for k, v in fields.items()} for _, fields in reversed(entries)]

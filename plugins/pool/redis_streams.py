@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from selfreid.plugins.codec import as_text
 from selfreid.plugins.contracts import Crop
 
 __all__ = ["RedisStreamPool", "PoolWriteStats", "parse_crop_id"]
@@ -63,12 +64,8 @@ def parse_crop_id(crop_id: str) -> tuple[str, str]:
     return camera_id, stream_id
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _stream_ms(stream_id: bytes | str) -> int:
-    return int(_text(stream_id).split("-", 1)[0])
+    return int(as_text(stream_id).split("-", 1)[0])
 
 
 @dataclass
@@ -154,7 +151,7 @@ class RedisStreamPool:
 
     def cameras(self) -> list[str]:
         """Camera ids that have a pool stream, sorted."""
-        return sorted(_text(c) for c in self.client.smembers(self.cameras_key))
+        return sorted(as_text(c) for c in self.client.smembers(self.cameras_key))
 
     # ------------------------------------------------------------------ writing
     def enqueue(self, crops: Iterable[Crop]) -> None:
@@ -252,7 +249,7 @@ class RedisStreamPool:
         for cam in cams:
             self._trim(pipe, cam)
         replies = pipe.execute()
-        ids = [_text(r) for r in replies[: len(batch)]]
+        ids = [as_text(r) for r in replies[: len(batch)]]
         for crop, sid in zip(batch, ids):
             self._last_ms[crop.camera_id] = _stream_ms(sid)
         return [f"{crop.camera_id}/{sid}" for crop, sid in zip(batch, ids)]
@@ -320,7 +317,7 @@ class RedisStreamPool:
             raise
         crops = []
         for key, entries in reply or []:
-            cam = _text(key).removeprefix(f"{self.prefix}:pool:")
+            cam = as_text(key).removeprefix(f"{self.prefix}:pool:")
             crops.extend(_crop(cam, sid, fields) for sid, fields in entries)
         return crops
 
@@ -336,7 +333,7 @@ class RedisStreamPool:
                 self.stream_key(cam), group, consumer, self.settings.claim_idle_ms, count=count, justid=True
             )
         claimed = [
-            (cam, [_text(i) for i in ids]) for cam, ids in zip(cams, pipe.execute()) if ids
+            (cam, [as_text(i) for i in ids]) for cam, ids in zip(cams, pipe.execute()) if ids
         ]  # justid: id lists
         if not claimed:
             return []
@@ -427,7 +424,7 @@ class RedisStreamPool:
                 if len(entries) < quota:
                     active.remove(cam)
                 else:
-                    cursor[cam] = f"({_text(entries[-1][0])}"
+                    cursor[cam] = f"({as_text(entries[-1][0])}"
         return _round_robin(got.values())[:max_crops]
 
 
@@ -461,5 +458,5 @@ def _crop(camera_id: str, stream_id: bytes | str, fields: dict[bytes, bytes]) ->
         track_id=int(fields[b"track"]),
         confidence=float(fields[b"conf"]),
         jpeg=fields[b"jpeg"],
-        crop_id=f"{camera_id}/{_text(stream_id)}",
+        crop_id=f"{camera_id}/{as_text(stream_id)}",
     )
