@@ -8,7 +8,7 @@ bash scripts/ci_tools.sh
 bash scripts/system_deps.sh
 export YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$PWD/.yolo"
 set +e
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --reliability-doc docs/reliability.md "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
