@@ -15,7 +15,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class FileSource(BaseSource):
 
     Runs as fast as the consumer pulls unless ``camera.realtime`` (then at native speed).
     Timestamps are the ingest start time plus the frame's position ``(index - 1) / fps``.
+    With ``params.loop`` the file starts over at its end (soak tests, demos): frame numbers and
+    media time go on increasing across passes, so pacing, stride and timestamps stay continuous.
     A missing file raises :class:`SourceError` at construction; a file OpenCV cannot decode
     (unsupported codec, not a video) ends ``frames()`` with state ``failed`` and ``last_error``.
     """
@@ -44,6 +46,9 @@ class FileSource(BaseSource):
         max_consecutive_failures: int = Field(
             25, ge=1, description="Undecodable frames in a row after which the file is treated as ended."
         )
+        loop: bool = Field(
+            False, description="Start over at the end of the file, forever (counted as 'loops')."
+        )
 
     def __init__(self, settings: Settings, camera: Any) -> None:
         super().__init__(settings, camera)
@@ -53,29 +58,45 @@ class FileSource(BaseSource):
         self.fps: float | None = settings.fps
 
     def _raw_frames(self) -> Iterator[tuple[np.ndarray | None, float]]:
+        offset = 0  # frames of the earlier passes (loop)
+        while True:
+            n = yield from self._one_pass(offset)
+            if n == 0 or not self.settings.loop or self._stop.is_set():
+                return
+            offset += n
+            self.counters["loops"] += 1
+
+    def _one_pass(self, offset: int) -> Generator[tuple[np.ndarray | None, float], None, int]:
+        """Decode the file once, numbering frames from ``offset``; return how many were read
+        (a file that cannot be read at all fails the source on the first pass)."""
         import cv2
 
         cap = cv2.VideoCapture(str(self.path))
+        n = 0
         try:
             if not cap.isOpened():
-                self._fail(f"cannot open {self.path} (not a video, or no OpenCV backend reads it)")
-                return
-            fps = self.fps or self._container_fps(cap.get(cv2.CAP_PROP_FPS))
+                if offset == 0:
+                    self._fail(f"cannot open {self.path} (not a video, or no OpenCV backend reads it)")
+                return 0
+            if self.fps is None:  # once: a looping file is not re-probed (or re-warned about) per pass
+                self.fps = self._container_fps(cap.get(cv2.CAP_PROP_FPS))
+            fps = self.fps
             # pending: failed reads not yet known to be corrupt frames mid-file rather than the end
-            n, pending = 0, 0
+            pending = 0
             while pending < self.settings.max_consecutive_failures:
                 ok, image = cap.read()
                 if not ok:
                     pending += 1
                     continue
                 for _ in range(pending):
-                    yield None, n / fps
+                    yield None, (offset + n) / fps
                     n += 1
                 pending = 0
-                yield image, n / fps
+                yield image, (offset + n) / fps
                 n += 1
-            if n == 0:
+            if n == 0 and offset == 0:
                 self._fail(f"cannot decode any frame of {self.path} (unsupported codec?)")
+            return n
         finally:
             cap.release()
 

@@ -57,6 +57,16 @@ def test_file_source_stride_reads_to_the_end(shared_data: Path) -> None:
     assert src.state == SourceState.FINISHED
 
 
+def test_file_source_loop_starts_over_with_continuous_numbers_and_time(shared_data: Path) -> None:
+    src = FileSource(FileSource.Settings(loop=True), camera=camera(vtest_path(shared_data), stride=100))
+    frames = take(src, 10)  # vtest has 795 frames: 1..701 from the first pass, 801 and 901 from the second
+    assert [f.index for f in frames] == [1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+    assert np.allclose(np.diff([f.timestamp for f in frames]), 10.0)  # 100 frames at 10 fps, across the seam
+    assert np.array_equal(frames[8].image, read_vtest(shared_data, 6)[5])  # 801 = frame 6 of pass 2
+    assert src.counters["loops"] == 1 and src.counters["decoded"] == 901
+    assert src.state == SourceState.RUNNING
+
+
 def test_file_source_target_fps_downsamples_on_the_media_clock(shared_data: Path) -> None:
     src = FileSource(FileSource.Settings(), camera=camera(vtest_path(shared_data), target_fps=2.5))
     assert [f.index for f in take(src, 4)] == [1, 5, 9, 13]
