@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from benchmarks._common import write_result
+from selfreid.pipeline.adaptation_eval import HOLDOUT_IDS, heldout_metrics, per_id, sample
 from selfreid.reid_model.config import TrainConfig
 from selfreid.reid_model.data import FileCropDataset, MarketItem, read_market, split_market
-from selfreid.reid_model.evaluation import extract_features, evaluate_features
+from selfreid.reid_model.evaluation import extract_features
 from selfreid.reid_model.model import build_model
 from selfreid.reid_model.trainer import SCLTrainer, load_model
 
@@ -54,22 +55,6 @@ VARIANTS = {
 }
 
 
-def _sample(items: list[MarketItem], count: int | None, rng: np.random.Generator) -> list[MarketItem]:
-    """At most ``count`` items drawn at random, kept in name order."""
-    if count is None or len(items) <= count:
-        return items
-    return [items[i] for i in sorted(rng.choice(len(items), size=count, replace=False))]
-
-
-def _per_id(items: list[MarketItem], limit: int | None, rng: np.random.Generator) -> list[MarketItem]:
-    """At most ``limit`` random items per identity."""
-    return [
-        it
-        for pid in sorted({i.pid for i in items})
-        for it in _sample([i for i in items if i.pid == pid], limit, rng)
-    ]
-
-
 def _dataset(items: list[MarketItem]) -> FileCropDataset:
     return FileCropDataset(
         [i.path for i in items], [i.camera for i in items], frames=[i.frame for i in items]
@@ -78,19 +63,7 @@ def _dataset(items: list[MarketItem]) -> FileCropDataset:
 
 def _metrics(model, query, gallery, qd, gd) -> dict[str, float]:
     fq, fg = extract_features(model, qd, batch_size=64), extract_features(model, gd, batch_size=64)
-    args = (
-        [i.pid for i in query],
-        [i.pid for i in gallery],
-        [i.camera for i in query],
-        [i.camera for i in gallery],
-    )
-    plain = evaluate_features(fq, fg, *args)
-    penalised = evaluate_features(fq, fg, *args, camera_penalty=0.05)
-    return {
-        **{k: plain[k] for k in ("mAP", "rank1", "rank5", "rank10")},
-        "mAP_camera_penalty": penalised["mAP"],
-        "rank1_camera_penalty": penalised["rank1"],
-    }
+    return heldout_metrics(fq, fg, query, gallery)
 
 
 def _config(args, overrides: dict) -> TrainConfig:
@@ -142,13 +115,13 @@ def main() -> None:
         args.data = shared_data_dir() / "con-reid" / "bounding_box_train"
 
     rng = np.random.default_rng(0)
-    train, query, gallery = split_market(read_market(args.data), holdout_ids=20, seed=0)
+    train, query, gallery = split_market(read_market(args.data), holdout_ids=HOLDOUT_IDS, seed=0)
     if args.train_ids is not None:  # a denser pool: fewer people, several crops each
         kept = set(rng.choice(sorted({i.pid for i in train}), args.train_ids, replace=False).tolist())
         train = [i for i in train if i.pid in kept]
-    train = _per_id(train, args.train_crops_per_id, rng)
-    train = _sample(train, args.train_crops, rng)
-    query, gallery = _per_id(query, args.query_per_id, rng), _per_id(gallery, args.gallery_per_id, rng)
+    train = per_id(train, args.train_crops_per_id, rng)
+    train = sample(train, args.train_crops, rng)
+    query, gallery = per_id(query, args.query_per_id, rng), per_id(gallery, args.gallery_per_id, rng)
     qd, gd = _dataset(query), _dataset(gallery)
     setting = {
         "backbone": args.backbone,
@@ -159,7 +132,7 @@ def main() -> None:
         "train_ids_hidden": len({i.pid for i in train}),
         "query": len(query),
         "gallery": len(gallery),
-        "heldout_ids": 20,
+        "heldout_ids": HOLDOUT_IDS,
         "seed": 0,
         "subsampled": not args.seed_gpu,
         "torch_threads": args.threads,

@@ -30,21 +30,6 @@ import torch
 
 from benchmarks._common import write_result
 
-THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.95)
-FIXED = 0.85
-
-
-class _Cached:
-    """An embedder answering from precomputed vectors (both splits share the same crops)."""
-
-    def __init__(self, crops, vectors: np.ndarray, version: str) -> None:
-        self._by_id = {id(c): v for (_, c), v in zip(crops, vectors)}
-        self.model_version = version
-        self.dim = vectors.shape[1]
-
-    def embed(self, images):
-        return np.stack([self._by_id[id(i)] for i in images])
-
 
 def _train_crops(data: Path, limit: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[int], list[str]]:
     """Unlabelled crops from the public detections of frames 401-795 (never evaluated), with the
@@ -97,28 +82,13 @@ def _adapt(model_cfg, crops, cams, groups, minutes: float, epochs: int, out: Pat
 
 
 def _score(model, version: str, crops, data: Path, redis_client, tmp: Path) -> dict:
-    from selfreid.pipeline.vtest_eval import evaluate
+    from selfreid.pipeline.vtest_eval import calibrated_idf1
     from selfreid.plugins.embedders.onnx_embedder import OnnxEmbedder
-    from selfreid.plugins.matchers.cross_camera import CrossCameraMatcher
     from selfreid.reid_model.export import export_onnx
 
     path = export_onnx(model, tmp / f"{version}.onnx", model_version=version)
     vectors = OnnxEmbedder(OnnxEmbedder.Settings(model=str(path), threads=2)).embed([c for _, c in crops])
-    cached = _Cached(crops, vectors, version)
-
-    def run(split: str, threshold: float) -> dict:
-        redis_client.flushall()
-        settings = CrossCameraMatcher.Settings(threshold=threshold)
-        return evaluate(data.parent, cached, lambda: CrossCameraMatcher(settings, client=redis_client, prefix="m1"),
-                        split, crops=crops)
-
-    calibration = {t: run("halves", t)["idf1"] for t in THRESHOLDS}
-    chosen = max(calibration, key=calibration.get)
-    scored = run("time", chosen)
-    fixed = run("time", FIXED)
-    return {"idf1": scored["idf1"], "threshold": chosen, "idf1_at_0.85": fixed["idf1"],
-            "halves_calibration": calibration, "baseline_idf1": scored["baseline_idf1"],
-            "identities_found": scored["identities_found"], "identities_true": scored["identities_true"]}
+    return calibrated_idf1(data.parent, crops, vectors, version, redis_client)
 
 
 def main() -> None:

@@ -27,9 +27,12 @@ import numpy as np
 
 from selfreid.plugins.contracts import Embedder, Embedding, Matcher
 
-__all__ = ["GtBox", "load_gt", "virtual_cameras", "read_crops", "match_tracklets", "idf1", "evaluate", "FPS"]
+__all__ = ["GtBox", "load_gt", "virtual_cameras", "read_crops", "match_tracklets", "idf1", "evaluate", "FPS",
+           "PrecomputedEmbedder", "calibrated_idf1", "THRESHOLDS", "FIXED_THRESHOLD"]
 
 FPS = 7.0  # PETS S2L1 was recorded at about 7 fps (the container says 10)
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.95)
+FIXED_THRESHOLD = 0.85  # the matcher's default, calibrated for ImageNet features
 Split = Literal["time", "halves"]
 
 
@@ -178,3 +181,42 @@ def evaluate(
         "identities_true": len({b.gt_id for b in boxes}),
         "crops": len(crops),
     }
+
+
+class PrecomputedEmbedder:
+    """An embedder answering from vectors computed once (both splits share the same crops)."""
+
+    def __init__(self, crops: Sequence[tuple[GtBox, np.ndarray]], vectors: np.ndarray, version: str) -> None:
+        self._by_id = {id(c): v for (_, c), v in zip(crops, vectors)}
+        self.model_version = version
+        self.dim = vectors.shape[1]
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack([self._by_id[id(i)] for i in images])
+
+
+def calibrated_idf1(data_dir: Path, crops: Sequence[tuple[GtBox, np.ndarray]], vectors: np.ndarray, version: str,
+                    scratch_client) -> dict:
+    """IDF1 on the ``time`` split at the threshold that is best on the ``halves`` split (same frames,
+    another camera layout, so the scored split never tunes its own threshold), and at the fixed 0.85.
+
+    ``crops`` are the ``time`` split's (:func:`read_crops`), ``vectors`` their embeddings by the model
+    under test. The matcher keeps its state in Redis: ``scratch_client`` must be a server of its own,
+    it is flushed before every run.
+    """
+    from selfreid.plugins.matchers.cross_camera import CrossCameraMatcher
+
+    embedder = PrecomputedEmbedder(crops, vectors, version)
+
+    def run(split: Split, threshold: float) -> dict:
+        scratch_client.flushall()
+        settings = CrossCameraMatcher.Settings(threshold=threshold)
+        return evaluate(data_dir, embedder, lambda: CrossCameraMatcher(settings, client=scratch_client, prefix="m1"),
+                        split, crops=crops)
+
+    calibration = {t: run("halves", t)["idf1"] for t in THRESHOLDS}
+    chosen = max(calibration, key=calibration.get)
+    scored, fixed = run("time", chosen), run("time", FIXED_THRESHOLD)
+    return {"idf1": scored["idf1"], "threshold": chosen, "idf1_at_0.85": fixed["idf1"],
+            "halves_calibration": calibration, "baseline_idf1": scored["baseline_idf1"],
+            "identities_found": scored["identities_found"], "identities_true": scored["identities_true"]}

@@ -15,12 +15,16 @@ from pathlib import Path
 __all__ = ["shared_data_dir", "packaged_file", "yolo_pose_weights", "yolox_nano_weights", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FETCHED_SAMPLE_DATA = ".selfreid/sample-data"  # where scripts/fetch_sample_data.sh puts vtest.avi
 
 
 def shared_data_dir() -> Path | None:
-    """The sample-data folder, or ``None`` when it is not present."""
+    """The sample-data folder, or ``None`` when it is not present: ``$SELFREID_SHARED_DATA``,
+    ``../shared/data`` beside the checkout or the working directory, else what
+    ``scripts/fetch_sample_data.sh`` provisioned (``.selfreid/sample-data`` in the checkout)."""
     candidates = [os.environ.get("SELFREID_SHARED_DATA")]
-    candidates += [str(REPO_ROOT.parent / "shared" / "data"), str(Path.cwd().parent / "shared" / "data")]
+    candidates += [str(REPO_ROOT.parent / "shared" / "data"), str(Path.cwd().parent / "shared" / "data"),
+                   str(REPO_ROOT / FETCHED_SAMPLE_DATA)]
     for c in candidates:
         if c and Path(c).is_dir():
             return Path(c)

@@ -3,7 +3,8 @@
 ``SCLTrainer(cfg).fit(dataset, out_dir)`` trains on an unlabelled :class:`CropDataset` and writes
 ``out_dir/last.pt`` (see :mod:`selfreid.reid_model.checkpoint`) after every epoch and when the
 ``max_minutes`` budget stops it, plus ``out_dir/train_log.jsonl`` (one JSON record per epoch:
-loss, neighbour precision when monitoring labels are given, P, K, seconds).
+loss, neighbour precision when monitoring labels are given, P, K, seconds, and the step losses as
+a curve of at most 50 chunk means).
 
 Per step: forward (train mode) -> select positives/negatives against G/L -> loss against M ->
 backward + SGD step -> G/L momentum update -> M update of the positive slots (section 1.3 of
@@ -22,6 +23,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from selfreid.reid_model.banks import MemoryBanks
@@ -44,6 +46,7 @@ __all__ = ["SCLTrainer", "FitResult", "resolve_device", "save_checkpoint", "load
 
 LAST = "last.pt"
 LOG = "train_log.jsonl"
+CURVE_POINTS = 50  # loss points logged per epoch
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,6 +69,15 @@ class FitResult:
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + salt)
+
+
+def loss_curve(losses: list[float], points: int = CURVE_POINTS) -> list[float]:
+    """The epoch's step losses as at most ``points`` chunk means: a training curve small enough for
+    the epoch log and the model registry."""
+    if not losses:
+        return []
+    chunks = np.array_split(np.asarray(losses, dtype=np.float64), min(points, len(losses)))
+    return [round(float(c.mean()), 5) for c in chunks]
 
 
 class SCLTrainer:
@@ -286,6 +298,7 @@ class SCLTrainer:
             "K": self.K,
             "steps": len(losses),
             "seconds": round(time.monotonic() - t0, 2),
+            "loss_curve": loss_curve(losses),
         }
         if precisions:
             record["neighbour_precision"] = float(torch.tensor(precisions).mean())
