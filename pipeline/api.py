@@ -97,11 +97,9 @@ def create_app(cfg: AppConfig, redis_url: str, embedder=None, detector=None) -> 
         top_k: int | None = Query(None, ge=1, le=100),
         min_score: float | None = Query(None, ge=-1, le=1),
     ) -> dict[str, Any]:
-        data = await request.body()
+        data = await _read_upload(request, cfg.api.max_upload_mb)
         if not data:
             raise HTTPException(400, "empty upload: send the image bytes as the request body")
-        if len(data) > cfg.api.max_upload_mb * 1e6:
-            raise HTTPException(413, f"image larger than {cfg.api.max_upload_mb} MB")
         try:
             return await run_in_threadpool(locked, search.search_bytes, data, top_k, min_score)
         except SearchError as exc:
@@ -122,6 +120,22 @@ def create_app(cfg: AppConfig, redis_url: str, embedder=None, detector=None) -> 
 
     app.state.search = search
     return app
+
+
+async def _read_upload(request: Request, max_mb: float) -> bytes:
+    """The request body; 413 as soon as it is known to be over ``max_mb`` (its Content-Length, or the
+    bytes received so far when it is chunked), so an oversized upload is never held in memory whole."""
+    limit = max_mb * 1e6
+    declared = request.headers.get("content-length", "")
+    too_big = HTTPException(413, f"image larger than {max_mb} MB (api.max_upload_mb)")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    return bytes(body)
 
 
 def run_api(cfg: AppConfig, redis_url: str, stop: StopFlag) -> None:

@@ -84,8 +84,9 @@ def config_check(config: Annotated[Path, typer.Argument(help="Site YAML to valid
     checks = [(where, kind, choice.plugin, choice.params) for where, (kind, choice) in choices.items()]
     checks += [(f"ingest.cameras[{i}]", "sources", cam.source, cam.params) for i, cam in enumerate(cfg.ingest.cameras)]
     for where, kind, name, params in checks:
+        place = f"{config}: {where}"
         try:
-            registry.validate_params(registry.load(kind, name), params, f"{config}: {where}.params")
+            registry.validate_params(registry.load(kind, name, place), params, f"{place}.params")
         except registry.PluginError as exc:
             fail(str(exc))
     console.print(f"[green]ok[/] {config}: {len(cfg.ingest.cameras)} camera(s), every plugin found and configured")

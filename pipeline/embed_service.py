@@ -4,7 +4,8 @@
   sent when it holds ``embedder.batch_size`` crops or ``embedder.max_wait_ms`` after its first crop.
 * Each embedding is stored with its model version (:mod:`selfreid.pipeline.embedding_store`), and
   crops are acknowledged only **after** their embeddings are stored: a crash re-delivers them.
-* Corrupt JPEGs are counted, written to ``{prefix}:embedder:rejected`` with the reason, and acked.
+* Corrupt JPEGs are counted, written to ``{prefix}:embedder:rejected`` with the reason, and acked; so are
+  crops the model fails on or gives NaN/infinite vectors for (``embed_error``): those never reach the matcher.
 * The model follows the registry: the production pointer (``{prefix}:models:production``) is read at
   start, so a late joiner gets the current model, and promotions on ``{prefix}:models:promoted``
   swap it **between batches** (no crop is dropped; each batch is tagged with the version that
@@ -35,7 +36,9 @@ from selfreid.plugins import registry
 from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.contracts import Crop, Embedding, PoolStore
 
-__all__ = ["run_embedder", "ModelFollower", "EmbedStats", "build_embedder", "embed_with_version", "GROUP"]
+__all__ = [
+    "run_embedder", "ModelFollower", "EmbedStats", "EmbeddingError", "build_embedder", "embed_with_version", "GROUP",
+]
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +225,22 @@ def _fixed(embedder) -> bool:
     return bool(getattr(settings, "model", None))
 
 
+class EmbeddingError(ValueError):
+    """The model gave vectors with NaN or infinite values: they must never reach the gallery."""
+
+
 def embed_with_version(embedder, images: list[np.ndarray]) -> tuple[np.ndarray, str]:
-    """Vectors and the version that produced them (exact even across a concurrent hot swap)."""
+    """Vectors and the version that produced them (exact even across a concurrent hot swap).
+    Raises :class:`EmbeddingError` when any vector is not finite."""
     if hasattr(embedder, "embed_versioned"):
-        return embedder.embed_versioned(images)
-    version = embedder.model_version
-    return embedder.embed(images), version
+        vectors, version = embedder.embed_versioned(images)
+    else:
+        version = embedder.model_version
+        vectors = embedder.embed(images)
+    bad = int((~np.isfinite(vectors).reshape(len(images), -1).all(axis=1)).sum())
+    if bad:
+        raise EmbeddingError(f"model {version} gave NaN or infinite values for {bad} of {len(images)} crop(s)")
+    return vectors, version
 
 
 def _embedding(crop: Crop, vector: np.ndarray, version: str) -> Embedding:

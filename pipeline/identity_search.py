@@ -5,7 +5,8 @@ model and compared only with that model version's gallery (the tracklet features
 in Redis). A crop-shaped query (taller than wide) is searched as one person; a wider image goes
 through the configured person detector first, and each person found is searched. Every outcome is a
 result with a ``message`` (no person, empty gallery, nothing above the threshold); only an
-undecodable image or a missing model is an error (:class:`SearchError`).
+undecodable image, a missing model or a model that gives NaN for the image is an error
+(:class:`SearchError`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import redis
 
 from selfreid.pipeline.config import AppConfig
-from selfreid.pipeline.embed_service import ModelFollower, build_embedder, embed_with_version
+from selfreid.pipeline.embed_service import EmbeddingError, ModelFollower, build_embedder, embed_with_version
 from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord
 
@@ -34,7 +35,8 @@ GALLERY_TTL_S = 2.0
 
 
 class SearchError(ValueError):
-    """The query cannot be searched: not an image, or no model to embed it with. ``status`` = HTTP code."""
+    """The query cannot be searched: not an image, no model to embed it with, or the model gives no
+    usable vector for it. ``status`` = HTTP code."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -155,7 +157,10 @@ class IdentitySearch:
         crops = self.people(image)
         if not crops:
             return {"model_version": self.embedder.model_version, "people": [], "message": "no person found in the image"}
-        vectors, version = embed_with_version(self.embedder, crops)
+        try:
+            vectors, version = embed_with_version(self.embedder, crops)
+        except EmbeddingError as exc:
+            raise SearchError(f"this image cannot be searched: {exc}", status=422) from None
         view = self.view(version)
         if not view.records:
             return {"model_version": version, "people": [], "message": f"the gallery of model version {version} is empty"}

@@ -445,6 +445,17 @@ def _serve_metrics(port: int | None, ingest: _Ingest) -> MetricsServer | None:
     return server
 
 
+def _check_credentials(client: redis.Redis) -> None:
+    """Stop before reading any camera when Redis refuses the password: unlike an outage, it never
+    gets better, and every crop would be held and then dropped."""
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise redis.AuthenticationError(f"Redis refused the password of redis.url / $REDIS_URL ({exc})") from None
+    except (redis.RedisError, OSError):
+        pass  # down or slow: the pool holds the crops and retries
+
+
 def run_ingest(
     cfg: AppConfig,
     redis_url: str,
@@ -459,7 +470,8 @@ def run_ingest(
     ``cfg.ingest.flush_timeout_s`` when Redis is down). Prometheus metrics are served on
     ``cfg.ingest.metrics_port`` (``None``: off). ``on_status`` gets every status report,
     ``on_frame`` every tracked frame.
-    Raises :class:`~selfreid.plugins.registry.PluginError` when the detector or pool cannot be built.
+    Raises :class:`~selfreid.plugins.registry.PluginError` when the detector or pool cannot be built, and
+    ``redis.AuthenticationError`` when Redis refuses the password (a Redis that is down is waited for).
 
     Example:
         >>> cfg = load_config("configs/vtest_two_cameras.yaml")  # doctest: +SKIP
@@ -468,6 +480,7 @@ def run_ingest(
     client = redis_client(redis_url)
     server: MetricsServer | None = None
     try:
+        _check_credentials(client)
         with claim_cameras(cfg, client, stop) as cameras:  # replicas split the cameras (camera_assignment)
             ingest = _Ingest(with_cameras(cfg, cameras), client, stop, on_status, on_frame)
             server = _serve_metrics(cfg.ingest.metrics_port, ingest)

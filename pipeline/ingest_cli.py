@@ -76,6 +76,7 @@ def ingest_command(
     Ctrl-C stops cleanly: buffered crops are written to Redis before exiting. Without
     redis.url (or REDIS_URL), an embedded Redis is started in the data directory.
     """
+    import redis
     from rich.live import Live
 
     from selfreid.pipeline.cli import console, fail, load_or_fail
@@ -102,7 +103,7 @@ def ingest_command(
                 stats = run_ingest(
                     cfg, url, stop, max_frames, on_status=lambda s, p: live.update(status_table(s, p))
                 )
-            except PluginError as exc:
+            except (PluginError, redis.AuthenticationError) as exc:
                 fail(str(exc))
     failed = [f"{cam}: {s.last_error}" for cam, s in stats.items() if s.state == "failed"]
     if failed and len(failed) == len(stats):

@@ -119,35 +119,45 @@ def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%H:%M:%S")
 
 
-def timeline_svg(identities: Sequence, width: int = 960, lane: int = 28, label: int = 110) -> str:
-    """One lane per camera, one bar per sighting (tracklet) coloured by identity; identities seen by
-    several cameras are opaque, the others faint. Hover shows who, which track, when."""
+def pack_rows(spans: Sequence[tuple[float, float]]) -> list[int]:
+    """A row per span such that spans in one row do not overlap (greedy interval packing, by start)."""
+    ends: list[float] = []
+    rows = [0] * len(spans)
+    for i in sorted(range(len(spans)), key=lambda k: spans[k][0]):
+        start, end = spans[i]
+        rows[i] = next((r for r, last in enumerate(ends) if last < start), len(ends))
+        ends[rows[i]:rows[i] + 1] = [end]
+    return rows
+
+
+def timeline_svg(identities: Sequence, width: int = 960, bar: int = 12, label: int = 110) -> str:
+    """One lane per camera, one bar per sighting (tracklet) coloured by identity, overlapping sightings
+    stacked; identities seen by several cameras are opaque, the others faint. Hover: who, which
+    track, when."""
     sightings = [(i.global_id, len(i.cameras) > 1, s) for i in identities for s in i.sightings]
     if not sightings:
         return ""
-    cameras = sorted({s.camera_id for _, _, s in sightings})
     t0 = min(s.start for _, _, s in sightings)
     t1 = max(max(s.end for _, _, s in sightings), t0 + 1.0)
     scale = (width - label - 10) / (t1 - t0)
-    height = lane * len(cameras) + 24
-    parts = [f'<svg class="timeline" viewBox="0 0 {width} {height}" width="100%" role="img" '
-             f'aria-label="identities per camera over time" xmlns="http://www.w3.org/2000/svg">']
-    for row, cam in enumerate(cameras):
-        y = row * lane
-        parts.append(f'<rect x="0" y="{y}" width="{width}" height="{lane}" fill="{"#f7f7f7" if row % 2 else "#fff"}"/>'
-                     f'<text x="4" y="{y + lane * 0.65:.1f}" font-size="12">{html.escape(cam)}</text>')
-    for gid, multi, s in sorted(sightings, key=lambda t: t[1]):  # cross-camera identities drawn on top
-        x = label + (s.start - t0) * scale
-        w = max((s.end - s.start) * scale, 2.0)
-        y = cameras.index(s.camera_id) * lane + 4
-        tip = f"person {gid}, {s.camera_id} track {s.track_id}, {_clock(s.start)}-{_clock(s.end)}"
-        parts.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{lane - 8}" rx="3" '
-                     f'fill="{identity_colour(gid)}" fill-opacity="{1.0 if multi else 0.35}">'
-                     f'<title>{html.escape(tip)}</title></rect>')
-    axis = lane * len(cameras) + 16
-    parts.append(f'<text x="{label}" y="{axis}" font-size="11">{_clock(t0)}</text>'
-                 f'<text x="{width - 10}" y="{axis}" font-size="11" text-anchor="end">{_clock(t1)}</text></svg>')
-    return "".join(parts)
+    parts, top = [], 0
+    for n, cam in enumerate(sorted({s.camera_id for _, _, s in sightings})):
+        here = [t for t in sightings if t[2].camera_id == cam]
+        rows = pack_rows([(s.start, s.end) for _, _, s in here])
+        height = (max(rows) + 1) * (bar + 2) + 8
+        parts.append(f'<rect x="0" y="{top}" width="{width}" height="{height}" fill="{"#f7f7f7" if n % 2 else "#fff"}"/>'
+                     f'<text x="4" y="{top + height / 2 + 4:.1f}" font-size="12">{html.escape(cam)}</text>')
+        for (gid, multi, s), row in zip(here, rows):
+            tip = f"person {gid}, {s.camera_id} track {s.track_id}, {_clock(s.start)}-{_clock(s.end)}"
+            parts.append(f'<rect x="{label + (s.start - t0) * scale:.1f}" y="{top + 4 + row * (bar + 2)}" '
+                         f'width="{max((s.end - s.start) * scale, 2.0):.1f}" height="{bar}" rx="3" '
+                         f'fill="{identity_colour(gid)}" fill-opacity="{1.0 if multi else 0.35}">'
+                         f'<title>{html.escape(tip)}</title></rect>')
+        top += height
+    parts.append(f'<text x="{label}" y="{top + 14}" font-size="11">{_clock(t0)}</text>'
+                 f'<text x="{width - 10}" y="{top + 14}" font-size="11" text-anchor="end">{_clock(t1)}</text></svg>')
+    return (f'<svg class="timeline" viewBox="0 0 {width} {top + 20}" width="100%" role="img" '
+            f'aria-label="identities per camera over time" xmlns="http://www.w3.org/2000/svg">' + "".join(parts))
 
 
 def curve_svg(history: Sequence[dict[str, Any]], width: int = 460, height: int = 180) -> str:

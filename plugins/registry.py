@@ -41,7 +41,7 @@ GROUP_PREFIX = "selfreid."
 
 
 class PluginError(RuntimeError):
-    """A plugin could not be found, imported, configured or does not meet its contract."""
+    """A plugin could not be found, imported, configured or started, or does not meet its contract."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,14 @@ def available(kind: str | None = None) -> list[PluginInfo]:
     return infos
 
 
-def load(kind: str, name: str) -> type:
-    """Import and return the plugin class registered as ``name`` in ``kind``'s group."""
+def load(kind: str, name: str, where: str = "") -> type:
+    """Import and return the plugin class registered as ``name`` in ``kind``'s group; errors start
+    with ``where`` (the config key that selected it), when given."""
     eps = _entry_points(kind)
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none installed"
-        raise PluginError(f"no {kind[:-1] if kind != 'indexes' else 'index'} plugin named {name!r}; available: {known}")
+        singular = kind[:-1] if kind != "indexes" else "index"
+        raise PluginError(f"{where + ': ' if where else ''}no {singular} plugin named {name!r}; available: {known}")
     try:
         return eps[name].load()
     except ImportError as exc:
@@ -107,16 +109,24 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
             lines.append(f"unknown key '{key}'")
         elif err["type"] == "missing":
             lines.append(f"missing key '{key}'")
+        elif isinstance(err.get("input"), dict):  # a whole section: the message says what is wrong
+            lines.append(f"'{key}': {err['msg']}")
         else:
             lines.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
     return "; ".join(lines)
 
 
 def create(kind: str, name: str, params: dict[str, Any] | None = None, where: str = "config", **deps: Any) -> Any:
-    """Load, configure and construct a plugin, then check it against its stage Protocol."""
-    cls = load(kind, name)
+    """Load, configure and construct a plugin, then check it against its stage Protocol.
+
+    Any error of the plugin's constructor (weights not found, a missing file) becomes a
+    :class:`PluginError` naming ``where``, so callers handle one error type."""
+    cls = load(kind, name, where)
     settings = validate_params(cls, params, f"{where}.params")
-    instance = cls(settings, **deps) if settings is not None else cls(**deps)
+    try:
+        instance = cls(settings, **deps) if settings is not None else cls(**deps)
+    except Exception as exc:  # noqa: BLE001 - plugins raise their own error types
+        raise PluginError(f"{where}: {exc}") from exc
     protocol = KINDS[kind]
     if not isinstance(instance, protocol):
         raise PluginError(f"plugin {kind}/{name} does not implement {protocol.__name__}")

@@ -72,7 +72,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict safely (``weights_only``); a missing or foreign file is a WeightsError."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+        raise WeightsError(
+            f"weights file not found: {path}. Point model.weights_path at a local PyTorch state dict (e.g. "
+            "torchvision's ImageNet .pth of the backbone, from download.pytorch.org/models), or leave it unset: "
+            "the torchvision cache, a download, or for mobilenet_v2 the weights installed with selfreid"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file

@@ -32,8 +32,8 @@ class CameraConfig(Section):
 
     @model_validator(mode="after")
     def _roi_is_a_box(self) -> "CameraConfig":
-        if self.roi is not None and not (self.roi[0] < self.roi[2] and self.roi[1] < self.roi[3]):
-            raise ValueError(f"roi must be (x1, y1, x2, y2) with x1 < x2 and y1 < y2, got {self.roi}")
+        if self.roi is not None and not (0 <= self.roi[0] < self.roi[2] and 0 <= self.roi[1] < self.roi[3]):
+            raise ValueError(f"roi must be (x1, y1, x2, y2) with 0 <= x1 < x2 and 0 <= y1 < y2, got {self.roi}")
         return self
 
 

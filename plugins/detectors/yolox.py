@@ -21,7 +21,9 @@ __all__ = ["YoloxOnnxDetector", "decode_yolox"]
 
 STRIDES = (8, 16, 32)
 WEIGHTS_HINT = (
-    "Set ingest.detector.params.weights to a YOLOX .onnx export (80-class COCO head, raw grid outputs)."
+    "Set ingest.detector.params.weights to a YOLOX .onnx export (80-class COCO head, raw grid outputs), e.g. "
+    "yolox_nano.onnx of https://github.com/Megvii-BaseDetection/YOLOX/releases, or put the sample data at "
+    "../shared/data (SELFREID_SHARED_DATA) for its models/yolox_nano.onnx."
 )
 
 

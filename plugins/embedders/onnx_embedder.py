@@ -110,6 +110,21 @@ class _Loaded:
     path: str
 
 
+def _check_input(node: Any, spec: InputSpec, source: str) -> None:
+    """The model must take what :func:`preprocess` makes: float32 ``[N, 3, H, W]`` at the metadata's size."""
+    wanted = (None, 3, spec.height, spec.width)  # None: any batch size
+    shape = list(node.shape)
+    fits = len(shape) == 4 and all(
+        not isinstance(got, int) or want is None or got == want for got, want in zip(shape, wanted)
+    )
+    if not fits or node.type != "tensor(float)":
+        dims = ", ".join(map(str, shape))
+        raise EmbedderError(
+            f"{source}: input {node.name!r} is {node.type} [{dims}], but its metadata (input_size "
+            f"{spec.height}x{spec.width}) makes the embedder feed tensor(float) [N, 3, {spec.height}, {spec.width}]"
+        )
+
+
 def _file_version(path: Path) -> str:
     return "sha256-" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
@@ -156,6 +171,7 @@ class OnnxEmbedder:
             raise EmbedderError(f"{path}: not a loadable ONNX model: {exc}") from None
         meta = session.get_modelmeta().custom_metadata_map
         spec = InputSpec.from_metadata(meta, str(path))
+        _check_input(session.get_inputs()[0], spec, str(path))
         out_dim = session.get_outputs()[0].shape[-1]
         dim = int(meta.get("embedding_dim") or (out_dim if isinstance(out_dim, int) else 0))
         if dim <= 0:

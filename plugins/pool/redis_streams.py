@@ -31,6 +31,8 @@ Readers use consumer groups (``embedder``, ``trainer``, ...) that progress indep
 Entries read but not acknowledged by a consumer that died are claimed by the next reader
 of the same group once idle for ``claim_idle_ms`` (``XAUTOCLAIM``); entries trimmed away
 by retention before their group acknowledged them are acknowledged out of the pending list.
+An entry another writer stored without a field, or with one that does not parse, is logged
+and skipped (acknowledged for the reading group, left in the stream), never delivered again.
 """
 
 from __future__ import annotations
@@ -318,7 +320,20 @@ class RedisStreamPool:
         crops = []
         for key, entries in reply or []:
             cam = as_text(key).removeprefix(f"{self.prefix}:pool:")
-            crops.extend(_crop(cam, sid, fields) for sid, fields in entries)
+            crops.extend(self._parse(cam, entries, group))
+        return crops
+
+    def _parse(self, camera_id: str, entries: list, group: str | None = None) -> list[Crop]:
+        """The crops of stream entries; malformed ones are logged, skipped and acknowledged for ``group``."""
+        crops, bad = [], []
+        for sid, fields in entries:
+            try:
+                crops.append(_crop(camera_id, sid, fields))
+            except (ValueError, TypeError) as exc:
+                bad.append(f"{camera_id}/{as_text(sid)}")
+                log.error("pool: skipped malformed entry %s of %s: %s", bad[-1], self.stream_key(camera_id), exc)
+        if bad and group:
+            self.ack(group, bad)
         return crops
 
     def _claim(self, group: str, consumer: str, cams: list[str], count: int) -> list[Crop]:
@@ -347,7 +362,7 @@ class RedisStreamPool:
             for sid in ids:
                 entries = next(replies)
                 if entries:
-                    crops.append(_crop(cam, entries[0][0], entries[0][1]))
+                    crops.extend(self._parse(cam, entries, group))
                 else:  # trimmed by retention before anyone acknowledged it
                     gone.append(f"{cam}/{sid}")
         if gone:
@@ -420,7 +435,7 @@ class RedisStreamPool:
             for cam in active:
                 pipe.xrevrange(self.stream_key(cam), cursor[cam], low, count=quota)
             for cam, entries in zip(list(active), pipe.execute()):
-                got[cam].extend(_crop(cam, sid, f) for sid, f in entries)
+                got[cam].extend(self._parse(cam, entries))
                 if len(entries) < quota:
                     active.remove(cam)
                 else:
@@ -448,8 +463,16 @@ def _fields(crop: Crop) -> dict[str, bytes | str | int | float]:
     }
 
 
+_FIELDS = (b"ts", b"frame", b"box", b"track", b"conf", b"jpeg")
+
+
 def _crop(camera_id: str, stream_id: bytes | str, fields: dict[bytes, bytes]) -> Crop:
+    """A stream entry as a crop; ValueError when a field is missing or does not parse."""
+    if missing := [as_text(k) for k in _FIELDS if k not in fields]:
+        raise ValueError(f"missing field(s) {', '.join(missing)}")
     box = tuple(float(v) for v in fields[b"box"].split(b","))
+    if len(box) != 4:
+        raise ValueError(f"box {as_text(fields[b'box'])!r} is not x1,y1,x2,y2")
     return Crop(
         camera_id=camera_id,
         timestamp=float(fields[b"ts"]),

@@ -10,6 +10,7 @@ turns them into :class:`~selfreid.plugins.contracts.Frame` objects:
 * ``camera.realtime`` (recorded media) sleeps so that frames come out at native speed;
 * ``camera.roi``: frames keep their full size (boxes stay in full-frame pixels) and every pixel outside
   the ROI is set to 0, so a detector cannot find anything there and no caller needs to shift boxes;
+  a ROI that misses the frame altogether fails the camera (state ``failed``, ``last_error`` says why);
 * frames above ``max_pixels`` are downscaled (or rejected, ``oversize: reject``) and counted.
 
 Problems never escape ``frames()``: each kind is logged once at WARNING and counted in ``counters``.
@@ -183,6 +184,8 @@ class BaseSource:
                 break
             image = self._prepare(raw, index)
             if image is None:
+                if self._state == SourceState.FAILED:
+                    break
                 continue
             self.counters["frames"] += 1
             if not self.live:
@@ -199,6 +202,8 @@ class BaseSource:
             )
             return None
         if self.roi is not None:
+            if not self._roi_in_frame(image):
+                return None
             image = self._mask_outside_roi(image)
         h, w = image.shape[:2]
         if h * w > self.settings.max_pixels:
@@ -218,6 +223,16 @@ class BaseSource:
             )
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         return image
+
+    def _roi_in_frame(self, image: np.ndarray) -> bool:
+        """False, and the camera failed, when the ROI does not overlap the frame (all would be masked)."""
+        x1, y1, x2, y2 = self.roi  # type: ignore[misc]
+        h, w = image.shape[:2]
+        if x1 < w and y1 < h:
+            return True
+        self._state = SourceState.FAILED
+        self.problem("roi_outside_frame", f"roi {self.roi} lies outside the {w}x{h} frame; fix camera.roi")
+        return False
 
     def _mask_outside_roi(self, image: np.ndarray) -> np.ndarray:
         x1, y1, x2, y2 = self.roi  # type: ignore[misc]
@@ -259,19 +274,15 @@ class BaseSource:
                 if not reconnect:
                     self._state = SourceState.FINISHED
                     return
-                reason = getattr(reader, "error", None) or "read failed"
-                self.problem("stream_lost", f"stream lost ({reason}); reconnecting")
+                reason = getattr(reader, "error", None) or "no frame: the stream ended or its read timeout passed"
+                self.problem("stream_lost", f"stream lost ({reason})")
             elif not reconnect:
                 self._state = SourceState.FAILED
                 return
             if settings.max_reconnects is not None and self._reconnects >= settings.max_reconnects:
                 self._state = SourceState.FAILED
-                log.error(
-                    "camera %s: giving up after %d reconnects: %s",
-                    self.camera_id,
-                    self._reconnects,
-                    self.last_error,
-                )
+                self.last_error = f"gave up after {self._reconnects} reconnects; last problem: {self.last_error}"
+                log.error("camera %s: %s", self.camera_id, self.last_error)
                 return
             self._state = SourceState.RECONNECTING
             delay = backoff.next_delay()

@@ -11,6 +11,7 @@ from selfreid.pipeline.site_report import (
     curve_svg,
     evaluation_rows,
     identity_colour,
+    pack_rows,
     render_html,
     throughput_rows,
     timeline_svg,
@@ -33,17 +34,28 @@ def test_timeline_has_a_lane_per_camera_and_a_bar_per_sighting() -> None:
         "person 9, left track 2, 22:13:25-22:13:50",
     ])
     assert ">left</text>" in svg and ">right</text>" in svg
-    bars = re.findall(r'<rect x="([\d.]+)" y="\d+" width="([\d.]+)" height="\d+" rx="3" fill="(#[0-9a-f]{6})" '
+    bars = re.findall(r'<rect x="([\d.]+)" y="(\d+)" width="([\d.]+)" height="\d+" rx="3" fill="(#[0-9a-f]{6})" '
                       r'fill-opacity="([\d.]+)"', svg)
     assert len(bars) == 3
     # time maps linearly onto [label, width - 10]: the first sighting starts at the lane label's edge,
     # the longest ends at the right margin
     starts = sorted(float(x) for x, *_ in bars)
-    assert starts[0] == 100.0 and max(float(x) + float(w) for x, w, *_ in bars) == 490.0
+    assert starts[0] == 100.0 and max(float(x) + float(w) for x, _, w, *_ in bars) == 490.0
     # one colour per identity; the cross-camera identity opaque, the single-camera one faint
-    assert {c for _, _, c, _ in bars} == {identity_colour(7), identity_colour(9)}
-    assert {(c, o) for _, _, c, o in bars} == {(identity_colour(7), "1.0"), (identity_colour(9), "0.35")}
+    assert {(c, o) for *_, c, o in bars} == {(identity_colour(7), "1.0"), (identity_colour(9), "0.35")}
+    # the two overlapping sightings of camera "left" are stacked, not drawn over each other
+    left = sorted(int(y) for x, y, w, c, o in bars if float(x) < 200)
+    assert len(left) == 2 and left[1] - left[0] >= 12
     assert timeline_svg([]) == ""
+
+
+def test_rows_are_packed_without_overlap() -> None:
+    spans = [(0, 10), (5, 8), (9, 12), (11, 20), (10.5, 11)]
+    rows = pack_rows(spans)
+    assert rows == [0, 1, 1, 2, 0]  # (10.5, 11) fits after (0, 10); (11, 20) needs a third row
+    for r in set(rows):
+        mine = sorted(s for s, row in zip(spans, rows) if row == r)
+        assert all(a[1] < b[0] for a, b in zip(mine, mine[1:]))
 
 
 def test_curve_joins_the_epochs_step_losses_and_marks_warm_up() -> None:
