@@ -24,6 +24,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
+from selfreid.pipeline.api_auth import require_token, warn_if_exposed
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.embed_service import StopFlag
 from selfreid.pipeline.identity_search import IdentitySearch, SearchError
@@ -71,6 +72,7 @@ def create_app(cfg: AppConfig, redis_url: str, embedder=None, detector=None) -> 
     search = IdentitySearch(cfg, client, embedder=embedder, detector=detector)
     lock = threading.Lock()  # the search object (model swap, gallery cache) is used by one request at a time
     app = FastAPI(title="selfreid", description="Where else was this person seen?")
+    require_token(app, cfg.api.token)  # every endpoint but /health, when api.token is set
 
     def locked(fn, *args):
         with lock:
@@ -142,6 +144,7 @@ def run_api(cfg: AppConfig, redis_url: str, stop: StopFlag) -> None:
     """Serve on ``api.host:api.port`` until ``stop`` is set."""
     import uvicorn
 
+    warn_if_exposed(cfg.api)
     server = uvicorn.Server(uvicorn.Config(create_app(cfg, redis_url), host=cfg.api.host, port=cfg.api.port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, name="selfreid-api", daemon=True)

@@ -46,11 +46,12 @@ def _faiss(cfg: AppConfig) -> Check:
 
 
 def _redis(cfg: AppConfig) -> Check:
+    from selfreid.pipeline.config.redis import redact_url
     from selfreid.pipeline.redis_conn import ping
 
     if cfg.redis.url:
         error = ping(cfg.redis.url)
-        return Check("redis", "fail" if error else "ok", error or f"{cfg.redis.url} answers PING")
+        return Check("redis", "fail" if error else "ok", error or f"{redact_url(cfg.redis.url)} answers PING")
     from importlib.metadata import PackageNotFoundError, version
 
     try:

@@ -3,17 +3,19 @@
 ``{prefix}:embeddings`` is a stream; each entry is one crop's embedding with its model version
 (``crop``, ``cam``, ``ts``, ``track``, ``ver``, ``q`` = quality, ``vec`` = raw float32 bytes, ``jpeg``
 = the crop, kept for thumbnails). Readers use consumer groups (the matcher's is ``matcher``);
-the stream is capped at ``maxlen`` entries (approximate trimming).
+the stream is capped at ``maxlen`` entries (approximate trimming), and by age with the pool's
+retention (:meth:`EmbeddingStore.expire`, run by the matcher service): each entry holds a crop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import redis
 
+from selfreid.plugins import streams
 from selfreid.plugins.codec import as_text
 from selfreid.plugins.contracts import Embedding
 
@@ -68,11 +70,14 @@ class EmbeddingStore:
         self._ensure_group(group)
         reply = self.client.xreadgroup(group, consumer, {self.key: "0" if pending else ">"}, count=count,
                                        block=None if pending else block_ms)
-        out = []
+        out, gone = [], []
         for _, entries in reply or []:
             for entry_id, fields in entries:
-                if fields:  # a pending entry trimmed away comes back without fields
+                if fields:
                     out.append(self._decode(as_text(entry_id), fields))
+                else:  # a pending entry trimmed or erased since comes back without fields: nothing to redo
+                    gone.append(as_text(entry_id))
+        self.ack(group, gone)
         return out
 
     @staticmethod
@@ -87,6 +92,14 @@ class EmbeddingStore:
             quality=float(f.get(b"q", 1.0)),
         )
         return StoredEmbedding(entry_id, emb, f.get(b"jpeg", b""))
+
+    def expire(self, max_age_s: float, now_ms: int | None = None) -> int:
+        """Delete entries added more than ``max_age_s`` ago (server clock); returns how many."""
+        return streams.expire(self.client, self.key, max_age_s, now_ms)
+
+    def erase(self, select: Callable[[Embedding], bool]) -> int:
+        """Delete the entries whose embedding ``select`` picks; returns how many."""
+        return streams.erase(self.client, self.key, lambda entry_id, f: select(self._decode(as_text(entry_id), f).embedding))
 
     def ack(self, group: str, entry_ids: Sequence[str]) -> int:
         return int(self.client.xack(self.key, group, *entry_ids)) if entry_ids else 0

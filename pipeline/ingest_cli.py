@@ -82,6 +82,7 @@ def ingest_command(
     from selfreid.pipeline.cli import console, fail, load_or_fail
     from selfreid.pipeline.ingest import run_ingest
     from selfreid.pipeline.local_run import resolve_sample_data
+    from selfreid.pipeline.config.redis import redact_url
     from selfreid.pipeline.redis_conn import redis_endpoint
     from selfreid.pipeline.signals import stop_on_signals
     from selfreid.pipeline.redis_conn import ping
@@ -96,7 +97,7 @@ def ingest_command(
         if problem := ping(url):
             held = "crops are held in memory (oldest dropped beyond pool.params.max_queue) until it does"
             console.print(
-                f"[yellow]warning:[/] Redis at {url} does not answer ({problem}); {held}", highlight=False
+                f"[yellow]warning:[/] Redis at {redact_url(url)} does not answer ({problem}); {held}", highlight=False
             )
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             try:

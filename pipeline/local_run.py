@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from selfreid.pipeline.config import AppConfig
+from selfreid.pipeline.config.redis import redact_url
 from selfreid.pipeline.redis_conn import redis_endpoint
 from selfreid.pipeline.signals import stop_on_signals
 from selfreid.plugins.codec import as_text
@@ -160,7 +161,7 @@ def _stage_main(name: str, target: str, cfg: AppConfig, redis_url: str, stop: An
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     module, _, function = target.partition(":")
     run = getattr(importlib.import_module(module), function)
-    logging.getLogger(name).info("starting %s (pid %d, redis %s)", target, os.getpid(), redis_url)
+    logging.getLogger(name).info("starting %s (pid %d, redis %s)", target, os.getpid(), redact_url(redis_url))
     try:
         run(cfg, redis_url, stop, **kwargs)
     except BaseException:

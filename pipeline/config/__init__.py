@@ -1,8 +1,9 @@
 """Application configuration: one YAML file per site, validated by pydantic.
 
 ``load_config(path)`` reads the file, applies environment overrides (``REDIS_URL``,
-``SELFREID_DATA_DIR``) and returns a frozen :class:`AppConfig`. Every problem is a
-:class:`ConfigError` whose message names the file and the dotted key.
+``REDIS_PASSWORD``, ``SELFREID_DATA_DIR``, ``SELFREID_API_TOKEN``) and returns a frozen
+:class:`AppConfig`. Every problem is a :class:`ConfigError` whose message names the file and
+the dotted key.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import Field, ValidationError
 from selfreid.pipeline.config.base import PluginChoice, Section
 from selfreid.pipeline.config.ingest import CameraConfig, CropPolicyConfig, IngestConfig
 from selfreid.pipeline.config.pool import PoolConfig
-from selfreid.pipeline.config.redis import RedisConfig
+from selfreid.pipeline.config.redis import RedisConfig, with_password
 from selfreid.pipeline.config.service import ExportConfig, RegistryConfig, TrainServiceConfig
 from selfreid.pipeline.config.serving import ApiConfig, EmbedderConfig, MatcherConfig
 from selfreid.plugins.registry import format_validation_error
@@ -70,6 +71,7 @@ class AppConfig(Section):
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "REDIS_URL": ("redis", "url"),
     "SELFREID_DATA_DIR": ("data_dir",),
+    "SELFREID_API_TOKEN": ("api", "token"),
 }
 
 
@@ -84,6 +86,9 @@ def _apply_env(raw: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise ConfigError(f"${var}: cannot override '{'.'.join(keys)}', '{key}' is not a mapping")
         node[keys[-1]] = value
+    password, section = os.environ.get("REDIS_PASSWORD"), raw.get("redis")
+    if password and isinstance(section, dict) and isinstance(section.get("url"), str):  # the secret stays out of YAML
+        raw["redis"] = {**section, "url": with_password(section["url"], password)}
     return raw
 
 

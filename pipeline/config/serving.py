@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from selfreid.pipeline.config.base import PluginChoice, Section
 
@@ -36,11 +36,23 @@ class MatcherConfig(Section):
     index: IndexChoice = IndexChoice()
     matcher: MatcherChoice = MatcherChoice()
     batch_size: int = Field(256, ge=1, description="Embeddings consumed per matcher step.")
-    prune_every_s: float = Field(60.0, gt=0, description="How often the gallery is pruned by age (wall time).")
+    prune_every_s: float = Field(
+        60.0, gt=0, description="How often (wall time) the gallery is pruned by age and the privacy retention "
+        "(pool.params.max_age_hours) is enforced on crops, embeddings, gallery and events.",
+    )
 
 
 class ApiConfig(Section):
-    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 exposes the API to the network.")
+    host: str = Field(
+        "127.0.0.1", description="Bind address; 0.0.0.0 exposes the API to the network (set a token, or it warns)."
+    )
+    token: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="Bearer token (16+ characters: `openssl rand -hex 24`) that every endpoint but /health requires "
+        "(Authorization: Bearer TOKEN; a browser opens /report?token=TOKEN once and keeps a cookie). "
+        "None = no authentication. Env SELFREID_API_TOKEN.",
+    )
     port: int = Field(8000, ge=1, le=65535)
     top_k: int = Field(5, ge=1, le=100, description="Identities returned per person in a search.")
     min_score: float = Field(

@@ -24,7 +24,8 @@ a dropped version are rejected (counted in ``rejected["retired_version"]``), nev
 
 Events on ``P:events``: ``new_identity``, ``matched_across_cameras`` and ``matched_within_camera``
 (with ``score`` and the matched tracklet). :meth:`CrossCameraMatcher.prune` drops tracklets older
-than ``max_age_s`` (data time: the newest timestamp seen).
+than ``max_age_s`` (data time: the newest timestamp seen); the match service also prunes with the
+pool's privacy retention on the server clock (:mod:`selfreid.pipeline.privacy`).
 """
 
 from __future__ import annotations
@@ -320,9 +321,11 @@ class CrossCameraMatcher:
         return Assignment(rec.camera_id, rec.track_id, rec.global_id, float(score), is_new, g.version)
 
     # -- maintenance ------------------------------------------------------------------------------
-    def prune(self, now: float | None = None) -> int:
-        """Drop tracklets whose last crop is older than ``max_age_s`` before ``now`` (default: newest seen)."""
-        cutoff = (self._now if now is None else now) - self.settings.max_age_s
+    def prune(self, now: float | None = None, max_age_s: float | None = None) -> int:
+        """Drop tracklets whose last crop is older than ``max_age_s`` (default: the setting) before ``now``
+        (default: the newest timestamp seen; the privacy retention passes the server clock)."""
+        age = self.settings.max_age_s if max_age_s is None else max_age_s
+        cutoff = (self._now if now is None else now) - age
         removed = 0
         for version in list(self.store.versions()):
             g = self.gallery(version)

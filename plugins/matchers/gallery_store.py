@@ -13,7 +13,9 @@ Layout (``P`` = the site prefix):
   feature sum as base64 float32, counts, time span, global id); one hash per model version, so
   features of two versions never meet;
 * ``P:match:thumbs``: hash tracklet key -> JPEG of the tracklet's latest crop;
-* ``P:events``: the matcher's event stream (``new_identity``, ``matched_across_cameras``, ...).
+* ``P:events``: the matcher's event stream (``new_identity``, ``matched_across_cameras``, ...);
+* ``P:match:epoch``: a counter bumped when gallery data was deleted behind a running matcher's back
+  (``selfreid forget``): the match service then reloads its galleries from Redis.
 
 Tracklet keys are ``"camera|track|start_ms"``.
 """
@@ -23,19 +25,28 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import redis
 
+from selfreid.plugins import streams
 from selfreid.plugins.codec import as_text
 
-__all__ = ["TrackletRecord", "GalleryStore", "tracklet_key"]
+__all__ = ["TrackletRecord", "GalleryStore", "tracklet_key", "parse_tracklet_key"]
 
 
 def tracklet_key(camera_id: str, track_id: int, start: float) -> str:
     return f"{camera_id}|{track_id}|{int(round(start * 1000))}"
+
+
+def parse_tracklet_key(key: str) -> tuple[str, int, float]:
+    """``"cam1|7|1717171717171"`` -> ``("cam1", 7, 1717171717.171)`` (camera, track id, start in seconds)."""
+    rest, _, start_ms = key.rpartition("|")
+    camera_id, _, track = rest.rpartition("|")
+    return camera_id, int(track), int(start_ms) / 1000
 
 
 @dataclass
@@ -136,6 +147,53 @@ class GalleryStore:
     def retired_versions(self) -> set[str]:
         return {as_text(v) for v in self.client.smembers(self.key("retired"))}
 
+    # -- privacy: retention and erasure ------------------------------------------------------------
+    def tracklet_keys(self) -> set[str]:
+        """Every tracklet key that any kept gallery holds."""
+        pipe = self.client.pipeline(transaction=False)
+        for version in self.versions():
+            pipe.hkeys(self.key("v", version))
+        return {as_text(k) for keys in pipe.execute() for k in keys}
+
+    def global_ids(self) -> dict[str, int]:
+        """Tracklet key -> global id, for every tracklet that was ever decided and not deleted."""
+        return {as_text(k): int(v) for k, v in self.client.hgetall(self.key("gid")).items()}
+
+    def expire_orphans(self, before: float) -> int:
+        """Delete the ids and thumbnails of tracklets no gallery holds any more (their model version was
+        dropped) that started before ``before`` (seconds); returns how many thumbnails went."""
+        live = self.tracklet_keys()
+        keys = {as_text(k) for k in self.client.hkeys(self.key("thumbs"))} | set(self.global_ids())
+        stale = [k for k in keys if k not in live and parse_tracklet_key(k)[2] < before]
+        return self._forget_keys(stale)[1] if stale else 0
+
+    def forget(self, keys: Iterable[str]) -> tuple[int, int]:
+        """Delete these tracklets from every gallery, with their ids, thumbnails and open segments, and bump
+        the epoch so a running matcher reloads; returns (gallery records, thumbnails) deleted."""
+        keys = sorted(set(keys))
+        if not keys:
+            return 0, 0
+        open_segments = [name for name, seg in self.load_segments().items() if seg["key"] in keys]
+        pipe = self.client.pipeline(transaction=False)
+        for version in self.versions():
+            pipe.hdel(self.key("v", version), *keys)
+        records = sum(pipe.execute())
+        _, thumbs = self._forget_keys(keys)
+        self.delete_segments(open_segments)
+        self.client.incr(self.key("epoch"))
+        return int(records), thumbs
+
+    def _forget_keys(self, keys: list[str]) -> tuple[int, int]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(self.key("gid"), *keys)
+        pipe.hdel(self.key("thumbs"), *keys)
+        ids, thumbs = pipe.execute()
+        return int(ids), int(thumbs)
+
+    def epoch(self) -> int:
+        """Changes whenever :meth:`forget` deleted gallery data."""
+        return int(self.client.get(self.key("epoch")) or 0)
+
     # -- open tracklet per tracker id -------------------------------------------------------------
     def load_segments(self) -> dict[str, dict[str, Any]]:
         return {as_text(k): json.loads(v) for k, v in self.client.hgetall(self.key("segments")).items()}
@@ -167,6 +225,15 @@ class GalleryStore:
             fields = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in event.items()}
             pipe.xadd(self.events_key, fields, maxlen=maxlen, approximate=True)
         pipe.execute()
+
+    def expire_events(self, max_age_s: float, now_ms: int | None = None) -> int:
+        """Delete events older than ``max_age_s`` (server clock); returns how many."""
+        return streams.expire(self.client, self.events_key, max_age_s, now_ms)
+
+    def erase_events(self, select: Callable[[dict[str, str]], bool]) -> int:
+        """Delete the events ``select`` picks (fields as text); returns how many."""
+        return streams.erase(self.client, self.events_key,
+                             lambda _, fields: select({as_text(k): as_text(v) for k, v in fields.items()}))
 
     def read_events(self, count: int = 100) -> list[dict[str, str]]:
         """The newest ``count`` events, oldest first (for reports and tests)."""

@@ -27,6 +27,12 @@ the next ``add``/``flush`` after Redis comes back writes the backlog, with a gro
 between attempts while it stays down. Delivery is at-least-once: a batch whose reply was
 lost with the connection is written again.
 
+**Retention is the privacy retention.** ``max_age_hours`` bounds how long a person's crops are kept:
+each write trims its camera's stream, and :meth:`RedisStreamPool.expire` (run by the matcher service
+every ``matcher.prune_every_s``, with the embeddings, gallery and events derived from the crops)
+deletes old entries of every camera, including cameras that stopped sending. :meth:`RedisStreamPool.erase`
+deletes chosen crops (``selfreid forget``).
+
 Readers use consumer groups (``embedder``, ``trainer``, ...) that progress independently.
 Entries read but not acknowledged by a consumer that died are claimed by the next reader
 of the same group once idle for ``claim_idle_ms`` (``XAUTOCLAIM``); entries trimmed away
@@ -42,12 +48,13 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from selfreid.plugins import streams
 from selfreid.plugins.codec import as_text
 from selfreid.plugins.contracts import Crop
 
@@ -102,7 +109,10 @@ class RedisStreamPool:
             200_000, ge=1, description="Entries kept per camera stream (XTRIM MAXLEN); bounds Redis memory."
         )
         max_age_hours: float | None = Field(
-            72.0, gt=0, description="Entries older than this are trimmed (XTRIM MINID); None = no age limit."
+            72.0,
+            gt=0,
+            description="Privacy retention: crops older than this are deleted (XTRIM MINID), and so are the "
+            "embeddings, gallery tracklets, thumbnails and events derived from them; None = no age limit.",
         )
         exact_trim: bool = Field(
             False,
@@ -154,6 +164,31 @@ class RedisStreamPool:
     def cameras(self) -> list[str]:
         """Camera ids that have a pool stream, sorted."""
         return sorted(as_text(c) for c in self.client.smembers(self.cameras_key))
+
+    # ------------------------------------------------------------------ retention and erasure
+    @property
+    def retention_s(self) -> float | None:
+        """Seconds a crop is kept (``max_age_hours``); ``None`` = until ``max_len_per_camera`` pushes it out."""
+        hours = self.settings.max_age_hours
+        return None if hours is None else hours * 3600
+
+    def expire(self) -> int:
+        """Delete crops older than :attr:`retention_s` (server clock) from every camera; returns how many."""
+        if self.retention_s is None:
+            return 0
+        now_ms = streams.server_ms(self.client)
+        return sum(streams.expire(self.client, self.stream_key(cam), self.retention_s, now_ms) for cam in self.cameras())
+
+    def erase(self, camera_id: str, select: Callable[[Crop], bool]) -> int:
+        """Delete the crops of ``camera_id`` for which ``select`` is true; returns how many."""
+
+        def picked(sid: bytes, fields: dict[bytes, bytes]) -> bool:
+            try:
+                return select(_crop(camera_id, sid, fields))
+            except (KeyError, ValueError, TypeError):  # a malformed entry is nobody's crop
+                return False
+
+        return streams.erase(self.client, self.stream_key(camera_id), picked)
 
     # ------------------------------------------------------------------ writing
     def enqueue(self, crops: Iterable[Crop]) -> None:
