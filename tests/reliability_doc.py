@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-KIND_ORDER = ("fault", "bad input", "security", "soak")
+HEADINGS = {"fault": "Faults", "bad input": "Bad inputs", "security": "Security and privacy", "soak": "Soak"}
+KIND_ORDER = tuple(HEADINGS)
 _ROWS = pytest.StashKey[dict[str, "_Row"]]()
 
 
@@ -115,7 +116,7 @@ def render(rows: list[_Row]) -> str:
         group = [r for r in ran if r.kind == kind]
         if not group:
             continue
-        lines += ["", f"## {kind.capitalize()}s ({len(group)})", "",
+        lines += ["", f"## {HEADINGS[kind]} ({len(group)})", "",
                   "| # | case | expected | observed | result | test |", "|---|---|---|---|---|---|"]
         for n, r in enumerate(group, 1):
             observed = "; ".join(r.observed) or "(nothing recorded)"
