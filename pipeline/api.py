@@ -9,14 +9,14 @@ Endpoints (``create_app(cfg, redis_url)``):
   ``api.max_upload_mb``, 503 while no production model exists.
 * ``GET /identities``: every identity of the served model version's gallery (JSON).
 * ``GET /health``: Redis reachable, model version, execution provider (503 when Redis is down).
-* ``GET /report`` (and ``/``): an HTML page, identities with thumbnails per camera, and an upload form.
+* ``GET /report`` (and ``/``): the site report (:mod:`selfreid.pipeline.site_report`): cameras,
+  cross-camera identities, timeline, self-training curves and gate decisions, before/after metrics,
+  throughput; plus an upload form for the search.
 """
 
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -30,8 +30,6 @@ from selfreid.pipeline.embed_service import StopFlag
 from selfreid.pipeline.identity_search import IdentitySearch, SearchError
 
 __all__ = ["create_app", "render_report", "report_identities", "run_api"]
-
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def report_identities(search: IdentitySearch) -> tuple[str, list, str]:
@@ -52,18 +50,10 @@ def report_identities(search: IdentitySearch) -> tuple[str, list, str]:
 
 
 def render_report(search: IdentitySearch) -> str:
-    """The identities page (HTML): every identity with thumbnails per camera."""
-    import jinja2
+    """The site report page (HTML; :mod:`selfreid.pipeline.site_report`)."""
+    from selfreid.pipeline.site_report import collect_report, render_html
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
-    version, identities, note = report_identities(search)
-    return env.get_template("report.html").render(
-        version=version,
-        note=note,
-        identities=identities,
-        multi=sum(len(i.cameras) > 1 for i in identities),
-        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+    return render_html(collect_report(search.cfg, search))
 
 
 def create_app(cfg: AppConfig, redis_url: str, embedder=None, detector=None) -> FastAPI:

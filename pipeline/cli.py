@@ -32,7 +32,7 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 config_app = typer.Typer(help="Inspect and check configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -124,6 +124,7 @@ def doctor_command(config: ConfigOption = None) -> None:
     raise typer.Exit(worst)
 
 
+app.command("demo")(deploy_cli.demo_command)
 app.command("run")(deploy_cli.run_command)
 app.command("health")(deploy_cli.health_command)
 app.command("ingest")(ingest_cli.ingest_command)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -63,6 +64,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SAMPLE_PREFIX = "../shared/data/"
+LAST_RUN_STATUS = "last_run_status.json"
 
 
 class StageError(RuntimeError):
@@ -287,6 +289,8 @@ class Supervisor:
     running: dict[str, StageProcess] = field(default_factory=dict)
     shutdown: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
+    first_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last_status: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         import redis
@@ -381,6 +385,26 @@ class Supervisor:
             log.warning("stopping %s with %d %s entries not consumed (drain timeout %.0f s)",
                         spec.name, left, spec.drains, self.options.drain_timeout_s)
 
+    def read_status(self) -> dict[str, dict[str, Any]]:
+        """The stages' live status reports, also remembered: they expire a minute after a stage ends."""
+        from selfreid.pipeline.status import read_status
+
+        status = read_status(self.client, self.cfg.pool.prefix)
+        for name, fields in status.items():
+            self.first_status.setdefault(name, fields)
+        self.last_status.update(status)
+        return status
+
+    def save_last_status(self) -> Path:
+        """``{data_dir}/logs/last_run_status.json``: each stage's first and last report of this run (the
+        report page's throughput section reads it once the live reports have expired)."""
+        path = self.cfg.path("logs") / LAST_RUN_STATUS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"reason": self.reason, "saved": time.time(), "first_stages": self.first_status,
+                                    "stages": self.last_status},
+                                   indent=1, default=str))
+        return path
+
     def kill_all(self) -> None:
         for stage in self.running.values():
             if stage.process.exitcode is None:
@@ -417,10 +441,8 @@ def _table(sup: Supervisor) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from selfreid.pipeline.status import read_status
-
     try:
-        status = read_status(sup.client, sup.cfg.pool.prefix)
+        status = sup.read_status()
     except Exception as exc:  # noqa: BLE001 - the view must not end the run
         status = {"redis": {"error": str(exc)}}
     table = Table(title=f"selfreid run - {sup.reason or 'running (Ctrl-C stops)'}", expand=True)
@@ -472,6 +494,7 @@ def run_local(cfg: AppConfig, options: RunOptions) -> int:
                         sup.kill_all()
                         raise
         finally:
+            sup.save_last_status()
             sup.close()
     for stage in sup.running.values():
         if stage.crashed:

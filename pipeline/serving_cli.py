@@ -121,8 +121,9 @@ def report_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the HTML page.")] = Path("report.html"),
     config: ConfigOpt = None,
 ) -> None:
-    """Write the identities report (the API's /report page) to an HTML file: every global identity
-    with thumbnails per camera, for the model version that serves now."""
+    """Write the site report (the API's /report page) to one self-contained HTML file: cameras,
+    cross-camera identities with thumbnails, a timeline, the self-training curves and gate decisions,
+    before/after metrics (after `selfreid demo`) and each stage's throughput."""
     import redis
 
     from selfreid.pipeline.api import render_report, report_identities

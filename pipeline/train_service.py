@@ -51,7 +51,7 @@ from selfreid.plugins.contracts import Crop, PoolStore
 from selfreid.reid_model.checkpoint import load_model, read_checkpoint
 from selfreid.reid_model.data import ArrayCropDataset
 from selfreid.reid_model.export import ExportError, atomic_write_bytes, embed_onnx, export_bundle
-from selfreid.reid_model.trainer import LAST, SCLTrainer
+from selfreid.reid_model.trainer import LAST, LOG as TRAIN_LOG, SCLTrainer
 
 __all__ = ["CycleReport", "Cycle", "Triggers", "run_train_service", "decode_crops"]
 
@@ -321,13 +321,19 @@ class Cycle:
             return self._gate_outcome()  # registered just before a crash
         files = {p.name: p for p in (self.dir / "export").glob("*.onnx")}
         metrics = {"parity": self.report.parity, "gate": self.report.gate, "train_crops": self.report.train_crops,
-                   "epochs": self.report.epochs, "cycle": self.report.cycle_id, "reason": self.report.reason}
+                   "epochs": self.report.epochs, "cycle": self.report.cycle_id, "reason": self.report.reason,
+                   "history": self._history(), "started": self.report.started}
         files["checkpoint.pt"] = slim_checkpoint(self.report.checkpoint, self.dir / "export" / "checkpoint.pt")
         state = read_checkpoint(self.report.checkpoint)  # its train config: the model may be the parent's
         self.registry.register(files, embedding_dim=int(state["embedding_dim"]), parent=self.report.parent,
                                version=self.report.version, config=json.loads(state["train_config"]), metrics=metrics,
                                gate={"passed": self.report.gate["passed"], "reason": self.report.gate["reason"]})
         return self._gate_outcome()
+
+    def _history(self) -> list[dict[str, Any]]:
+        """The epoch records of this cycle's training (a resumed cycle appended to the same log)."""
+        log_file = self.dir / "train" / TRAIN_LOG
+        return [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()] if log_file.is_file() else []
 
     def _gate_outcome(self):
         return None if self.report.gate["passed"] else ("rejected", self.report.gate["reason"])
