@@ -4,8 +4,8 @@
    ``scripts/fetch_sample_data.sh`` provisions ``vtest.avi`` from Debian's ``opencv-doc`` package).
 2. **Run** (:func:`selfreid.pipeline.local_run.run_local`): ingest of every camera into the embedded
    Redis, the embedder serving version 1 (ImageNet), the matcher assigning global identities, then one
-   self-training cycle on the unlabelled pool: train, export to ONNX with parity, gate, register, and
-   promote when the gate passes.
+   self-training cycle on the unlabelled pool (a few CPU minutes; :data:`GPU_BUDGET` times more on a
+   GPU): train, export to ONNX with parity, gate, register, and promote when the gate passes.
 3. **Before / after** (:mod:`selfreid.pipeline.adaptation_eval`): the trained version against its
    parent on the benchmarks' labelled protocols, written to ``{data_dir}/evaluation.json``.
 4. **Report** (:mod:`selfreid.pipeline.site_report`): one self-contained HTML page.
@@ -25,7 +25,7 @@ from typing import Any
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.site_report import EVALUATION_FILE
 
-__all__ = ["DemoError", "DemoOptions", "run_demo", "DEMO_STAGES"]
+__all__ = ["DEMO_STAGES", "GPU_BUDGET", "DemoError", "DemoOptions", "fit_to_available_data", "fit_to_device", "run_demo"]
 
 DEMO_STAGES = ("ingest", "embedder", "matcher", "train")
 
@@ -79,6 +79,26 @@ def fit_to_available_data(cfg: AppConfig, console) -> AppConfig:
         console.print("[yellow]the sample YOLOX-nano model is missing: detecting with the offline yolo weights[/]")
         ingest = ingest.model_copy(update={"detector": detector.model_copy(update={"plugin": "yolo", "params": {}})})
     return cfg.model_copy(update={"ingest": ingest})
+
+
+GPU_BUDGET = {"epochs": 5, "snapshot_crops": 3, "max_minutes": 2}  # multipliers of the CPU cycle on a GPU
+
+
+def fit_to_device(cfg: AppConfig, console) -> AppConfig:
+    """A bigger training cycle when training will run on CUDA (the demo configs are sized for a CPU
+    budget of a few minutes): :data:`GPU_BUDGET` times the epochs, snapshot and wall-time budget."""
+    import torch
+
+    if cfg.train.device not in ("auto", "cuda") and not cfg.train.device.startswith("cuda"):
+        return cfg
+    if not torch.cuda.is_available():
+        return cfg
+    service = cfg.service
+    bigger = {"epochs": service.epochs * GPU_BUDGET["epochs"],
+              "snapshot_crops": service.snapshot_crops * GPU_BUDGET["snapshot_crops"],
+              "max_minutes": service.max_minutes * GPU_BUDGET["max_minutes"] if service.max_minutes else None}
+    console.print(f"CUDA found: a bigger training cycle ({bigger['epochs']} epochs, up to {bigger['snapshot_crops']} crops)")
+    return cfg.model_copy(update={"service": service.model_copy(update=bigger)})
 
 
 def trained_pair(cfg: AppConfig, client) -> tuple[Any, Any] | None:
@@ -161,7 +181,7 @@ def run_demo(cfg: AppConfig, options: DemoOptions, console) -> Path:
     from selfreid.pipeline.redis_conn import redis_endpoint
 
     started = time.monotonic()
-    cfg = fit_to_available_data(resolve_sample_data(cfg), console)
+    cfg = fit_to_device(fit_to_available_data(resolve_sample_data(cfg), console), console)
     if options.fresh:
         reset_state(cfg)
     console.rule("1/3 ingest, embed, match, then one self-training cycle")

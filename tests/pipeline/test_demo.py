@@ -15,7 +15,7 @@ import yaml
 
 from chromium import render
 from selfreid.pipeline.config import AppConfig, load_config
-from selfreid.pipeline.demo import DemoError, fit_to_available_data
+from selfreid.pipeline.demo import DemoError, fit_to_available_data, fit_to_device
 from selfreid.pipeline.redis_conn import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,3 +110,19 @@ def test_missing_videos_leave_cameras_out_or_say_how_to_get_them(tmp_path: Path)
         **partial.ingest.model_dump(), "cameras": [cameras[2].model_copy(update={"uri": str(tmp_path / "no.mp4")}).model_dump()]}})
     with pytest.raises(DemoError, match="fetch_sample_data.sh"):
         fit_to_available_data(nothing, console)
+
+
+def test_a_gpu_gets_a_bigger_training_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from rich.console import Console
+
+    cfg = load_config(DEMO)
+    console = Console(record=True, width=200)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert fit_to_device(cfg, console) == cfg
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    bigger = fit_to_device(cfg, console).service
+    assert (bigger.epochs, bigger.snapshot_crops) == (cfg.service.epochs * 5, cfg.service.snapshot_crops * 3)
+    assert bigger.max_minutes == cfg.service.max_minutes * 2 and "CUDA found" in console.export_text()
+    on_cpu = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cpu"})})
+    assert fit_to_device(on_cpu, console) == on_cpu
