@@ -21,9 +21,6 @@ import cv2
 import numpy as np
 import pytest
 import redis
-from typer.testing import CliRunner
-from vtest_data import read_vtest
-
 from selfreid.pipeline.cli import app
 from selfreid.pipeline.config import AppConfig, parse_config
 from selfreid.pipeline.embed_service import EmbedStats, run_embedder
@@ -34,6 +31,8 @@ from selfreid.pipeline.redis_conn import EmbeddedRedis
 from selfreid.plugins import registry
 from selfreid.plugins.contracts import Crop
 from selfreid.plugins.embedders.onnx_embedder import OnnxEmbedder
+from typer.testing import CliRunner
+from vtest_data import read_vtest
 
 LOOSE_CROPS = {"min_height": 48, "min_width": 16, "min_confidence": 0.3, "every_k_frames": 1}
 PREFIX = "bad"
@@ -405,7 +404,7 @@ def embed_until(cfg: AppConfig, url: str, embedder: OnnxEmbedder, done: Callable
     return result["stats"]
 
 
-def stats_ready(client: redis.Redis, n: int) -> bool:
+def embedded_count_is(client: redis.Redis, n: int) -> bool:
     return len(EmbeddingStore(client, f"{PREFIX}-emb")) == n
 
 
@@ -448,7 +447,7 @@ def test_pool_entry_with_missing_fields(observe, tmp_path, embed_cfg, redis_serv
     embedder = OnnxEmbedder(OnnxEmbedder.Settings(model=str(tiny_onnx(tmp_path / "tiny.onnx"))))
     with caplog.at_level(logging.ERROR, logger="selfreid"):
         stats = embed_until(embed_cfg, redis_server.url, embedder,
-                            lambda: stats_ready(redis_client, 4) and not pool.pending("embedder"))
+                            lambda: embedded_count_is(redis_client, 4) and not pool.pending("embedder"))
     errors = [r.getMessage() for r in caplog.records if f"c1/{bad_id}" in r.getMessage()]
     observe(f"log: {errors[0] if errors else '(none)'}; {stats.embedded} good crops embedded; "
             f"{pool.pending('embedder')} pending; entry still in the stream: {bool(redis_client.xrange(pool.stream_key('c1'), bad_id, bad_id))}")
@@ -461,7 +460,7 @@ def test_extremely_wide_crop(observe, tmp_path, embed_cfg, redis_server, redis_c
     pool = open_pool(embed_cfg, redis_client)
     pool.add(crops_of([np.full((4, 2000, 3), 120, np.uint8)]))
     embedder = OnnxEmbedder(OnnxEmbedder.Settings(model=str(tiny_onnx(tmp_path / "tiny.onnx"))))
-    stats = embed_until(embed_cfg, redis_server.url, embedder, lambda: stats_ready(redis_client, 1))
+    stats = embed_until(embed_cfg, redis_server.url, embedder, lambda: embedded_count_is(redis_client, 1))
     vectors = stored_vectors(redis_client)
     observe(f"embedded {stats.embedded}, vector norm {np.linalg.norm(vectors[0]):.4f}, rejected {dict(stats.rejected)}")
     assert stats.embedded == 1 and np.isclose(np.linalg.norm(vectors[0]), 1.0)
@@ -474,11 +473,12 @@ def test_nan_embeddings_never_reach_the_gallery(observe, tmp_path, embed_cfg, re
     ids = pool.add(crops_of(people(3) + [np.zeros((64, 32, 3), np.uint8)]))
     embedder = OnnxEmbedder(OnnxEmbedder.Settings(model=str(tiny_onnx(tmp_path / "nan.onnx", log=True))))
     stats = embed_until(embed_cfg, redis_server.url, embedder,
-                        lambda: stats_ready(redis_client, 3) and not pool.pending("embedder"))
+                        lambda: embedded_count_is(redis_client, 3) and not pool.pending("embedder"))
     vectors = stored_vectors(redis_client)
     observe(f"{len(vectors)} vectors stored, all finite: {bool(np.isfinite(vectors).all())}; "
             f"rejected {rejected(redis_client)}")
     assert np.isfinite(vectors).all() and rejected(redis_client) == {ids[-1]: "embed_error"}
+    assert stats.embedded == 3 and stats.rejected == {"embed_error": 1}
 
 
 @bad_input("promoted ONNX model whose input is not what the embedder feeds (64x64 vs metadata 16x8)",
@@ -507,7 +507,7 @@ def test_wrong_model_input_shape(observe, tmp_path, embed_cfg, redis_server, red
             wait_until(lambda: any("square" in r.getMessage() for r in caplog.records))
             waiting = pool.count() - len(EmbeddingStore(redis_client, f"{PREFIX}-emb"))
             promote("tiny", good)
-            wait_until(lambda: stats_ready(redis_client, 3))
+            wait_until(lambda: embedded_count_is(redis_client, 3))
         finally:
             stop.set()
             thread.join(timeout=15)
@@ -598,7 +598,6 @@ def api_cfg(tmp_path) -> AppConfig:
 @pytest.fixture()
 def api(api_cfg, redis_server, redis_client, tmp_path):
     from fastapi.testclient import TestClient
-
     from selfreid.pipeline.api import create_app
 
     embedder = OnnxEmbedder(OnnxEmbedder.Settings(model=str(tiny_onnx(tmp_path / "nan.onnx", log=True))))
