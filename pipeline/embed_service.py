@@ -2,8 +2,10 @@
 
 * Reads crops through the pool's ``embedder`` consumer group with **dynamic batching**: a batch is
   sent when it holds ``embedder.batch_size`` crops or ``embedder.max_wait_ms`` after its first crop.
-* Each embedding is stored with its model version (:mod:`selfreid.pipeline.embedding_store`), and
-  crops are acknowledged only **after** their embeddings are stored: a crash re-delivers them.
+* Each embedding is stored with its model version (:mod:`selfreid.pipeline.embedding_store`), and a
+  batch's embeddings are stored and its crops acknowledged in **one transaction** (MULTI/EXEC): a crash
+  before it re-delivers the crops, and no crop is ever stored twice (only a consumer stalled for longer
+  than the pool's ``claim_idle_ms``, whose crops another one took over, could still store them again).
 * Corrupt JPEGs are counted, written to ``{prefix}:embedder:rejected`` with the reason, and acked; so are
   crops the model fails on or gives NaN/infinite vectors for (``embed_error``): those never reach the matcher.
 * The model follows the registry: the production pointer (``{prefix}:models:production``) is read at
@@ -29,7 +31,7 @@ import redis
 
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.embedding_store import EmbeddingStore
-from selfreid.pipeline.model_registry import production_key, promoted_channel
+from selfreid.pipeline.model_registry import production_key, promoted_channel, verify_file
 from selfreid.pipeline.pool import open_pool
 from selfreid.pipeline.status import publish_status
 from selfreid.plugins import registry
@@ -37,7 +39,8 @@ from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.contracts import Crop, Embedding, PoolStore
 
 __all__ = [
-    "run_embedder", "ModelFollower", "EmbedStats", "EmbeddingError", "build_embedder", "embed_with_version", "GROUP",
+    "run_embedder", "ModelFollower", "EmbedStats", "EmbeddingError", "build_embedder", "embed_with_version",
+    "load_production", "GROUP",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,15 @@ def _parse_record(raw: bytes | str | None) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("onnx") and record.get("version") else None
 
 
+def load_production(embedder, record: dict[str, Any]) -> None:
+    """Swap in the promoted model of a production ``record``, once its file matches the checksum of its
+    registry manifest (:func:`~selfreid.pipeline.model_registry.verify_file`): the registry verified it
+    when promoting, but the file may have been damaged on disk since. Raises when it cannot be used;
+    the model loaded before keeps serving."""
+    verify_file(record["onnx"])
+    embedder.load(record["onnx"])
+
+
 def build_embedder(cfg: AppConfig):
     """The configured embedder plugin (not yet loaded when it follows the registry)."""
     return registry.create("embedders", cfg.embedder.plugin, cfg.embedder.params, where="embedder")
@@ -153,7 +165,7 @@ class _EmbedLoop:
         if self._failed_version and self._failed_version[0] == record["version"] and time.monotonic() < self._failed_version[1]:
             return
         try:
-            self.embedder.load(record["onnx"])
+            load_production(self.embedder, record)
         except Exception as exc:  # noqa: BLE001 - a bad promotion must not stop the service
             log.error("cannot load promoted model %s (%s): %s", record["version"], record["onnx"], exc)
             self.stats.errors += 1
@@ -172,7 +184,8 @@ class _EmbedLoop:
         return crops
 
     def process(self, crops: list[Crop]) -> None:
-        """Embed, store, then ack; corrupt JPEGs are recorded with their reason and acked too."""
+        """Embed, then store and ack in one transaction; corrupt JPEGs are recorded with their reason and
+        acked too."""
         started = time.perf_counter()
         good, images, bad = [], [], []
         for crop in crops:
@@ -180,17 +193,21 @@ class _EmbedLoop:
             (good if image is not None else bad).append(crop)
             if image is not None:
                 images.append(image)
-        stored = self._embed_and_store(good, images)
+        commit = self.client.pipeline(transaction=True)
+        stored = self._embed_and_store(good, images, commit)
         if bad:
-            self._reject(bad, "corrupt_jpeg")
-        self.pool.ack(GROUP, [c.crop_id for c in crops if c.crop_id])
+            self._reject(bad, "corrupt_jpeg", commit)
+        self.pool.ack(GROUP, [c.crop_id for c in crops if c.crop_id], pipe=commit)
+        commit.execute()
         self.stats.embedded += stored
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.perf_counter() - started) * 1000
 
-    def _embed_and_store(self, crops: list[Crop], images: list[np.ndarray]) -> int:
-        """Embed a batch; if the model fails on it, retry crop by crop and reject only the failing ones
-        (a poison crop must not block its batch forever)."""
+    def _embed_and_store(
+        self, crops: list[Crop], images: list[np.ndarray], commit: redis.client.Pipeline
+    ) -> int:
+        """Embed a batch and queue its embeddings on ``commit``; if the model fails on it, retry crop by
+        crop and reject only the failing ones (a poison crop must not block its batch forever)."""
         if not images:
             return 0
         try:
@@ -204,19 +221,17 @@ class _EmbedLoop:
                 except Exception:  # noqa: BLE001
                     failed.append(crop)
             if failed:
-                self._reject(failed, "embed_error")
+                self._reject(failed, "embed_error", commit)
         items = [(_embedding(c, v, version), c.jpeg) for group, vectors, version in pairs for c, v in zip(group, vectors)]
         if items:
-            self.store.add(items)
+            self.store.add(items, pipe=commit)
         return len(items)
 
-    def _reject(self, crops: list[Crop], reason: str) -> None:
+    def _reject(self, crops: list[Crop], reason: str, commit: redis.client.Pipeline) -> None:
         self.stats.rejected[reason] += len(crops)
-        pipe = self.client.pipeline(transaction=False)
         for crop in crops:
-            pipe.xadd(self.rejected_key, {"crop": crop.crop_id or "", "cam": crop.camera_id, "reason": reason},
-                      maxlen=10_000, approximate=True)
-        pipe.execute()
+            commit.xadd(self.rejected_key, {"crop": crop.crop_id or "", "cam": crop.camera_id, "reason": reason},
+                        maxlen=10_000, approximate=True)
         log.warning("%d crop(s) rejected: %s", len(crops), reason)
 
 

@@ -38,9 +38,10 @@ class EmbeddingStore:
         self.maxlen = maxlen
         self._groups: set[str] = set()
 
-    def add(self, items: Sequence[tuple[Embedding, bytes]]) -> list[str]:
-        """Store ``(embedding, crop jpeg)`` pairs in one round trip; returns their stream ids."""
-        pipe = self.client.pipeline(transaction=False)
+    def add(self, items: Sequence[tuple[Embedding, bytes]], pipe: redis.client.Pipeline | None = None) -> list[str]:
+        """Store ``(embedding, crop jpeg)`` pairs in one round trip; returns their stream ids. With
+        ``pipe`` the writes are only queued on it (for the caller's transaction) and ``[]`` is returned."""
+        queue = self.client.pipeline(transaction=False) if pipe is None else pipe
         for emb, jpeg in items:
             fields = {
                 "crop": emb.crop_id,
@@ -52,8 +53,8 @@ class EmbeddingStore:
                 "vec": np.asarray(emb.vector, np.float32).tobytes(),
                 "jpeg": jpeg,
             }
-            pipe.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
-        return [as_text(i) for i in pipe.execute()]
+            queue.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
+        return [as_text(i) for i in queue.execute()] if pipe is None else []
 
     def _ensure_group(self, group: str) -> None:
         if group in self._groups:

@@ -22,7 +22,13 @@ import numpy as np
 import redis
 
 from selfreid.pipeline.config import AppConfig
-from selfreid.pipeline.embed_service import EmbeddingError, ModelFollower, build_embedder, embed_with_version
+from selfreid.pipeline.embed_service import (
+    EmbeddingError,
+    ModelFollower,
+    build_embedder,
+    embed_with_version,
+    load_production,
+)
 from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord
 
@@ -100,7 +106,7 @@ class IdentitySearch:
         record = self.follower.latest() if self.follower else None
         if record and record["version"] != self.embedder.model_version:
             try:
-                self.embedder.load(record["onnx"])
+                load_production(self.embedder, record)
             except Exception as exc:  # noqa: BLE001 - keep serving the previous model
                 log.error("search: cannot load model %s: %s", record["version"], exc)
 

@@ -49,6 +49,7 @@ __all__ = [
     "ModelVersion",
     "ModelRegistry",
     "open_registry",
+    "verify_file",
     "register_checkpoint",
     "slim_checkpoint",
     "normalise_version",
@@ -102,6 +103,26 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def verify_file(path: str | Path) -> None:
+    """Check a registered file against the SHA-256 in its version's ``manifest.json`` (same folder).
+
+    Servers call it before loading a promoted model: a file damaged on disk since its promotion may
+    still parse as ONNX and would serve wrong embeddings. A file that is not in a version folder (no
+    manifest beside it: a fixed model, a hand-made pointer) has nothing to be checked against.
+    """
+    path = Path(path)
+    if not (path.parent / MANIFEST).is_file():
+        return
+    try:
+        manifest = json.loads((path.parent / MANIFEST).read_text())
+        expected = manifest["files"][path.name]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RegistryError(f"{path}: its {MANIFEST} is unreadable or does not list it ({exc!r})") from None
+    if _sha256(path) != expected:
+        raise RegistryError(f"model version {manifest.get('version')}: {path.name} does not match its manifest "
+                            f"checksum ({path})")
 
 
 def _copy_durable(source: Path, target: Path) -> None:
@@ -239,7 +260,8 @@ class ModelRegistry:
                  gate: dict[str, Any] | None = None, version: str | None = None,
                  extra: dict[str, Any] | None = None) -> ModelVersion:
         """Copy ``files`` (name in the folder -> source path; must include ``model.onnx``) into a new
-        version folder, atomically: staging folder, fsync, manifest last, rename."""
+        version folder, atomically: staging folder, fsync, manifest last, rename. A failed write (disk
+        full, quota, permissions) is a :class:`RegistryError` naming the file, and leaves nothing behind."""
         if ONNX_NAME not in files:
             raise RegistryError(f"a model version needs {ONNX_NAME}")
         version = normalise_version(version) if version else self.next_version()
@@ -247,12 +269,16 @@ class ModelRegistry:
         if final.exists():
             raise RegistryError(f"model version {version} already exists at {final}")
         staging = self.root / f"{STAGING_PREFIX}{_folder_name(version)}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
         try:
+            staging.mkdir()
             manifest = self._stage(staging, files, version, embedding_dim, parent, config, metrics, gate, extra)
             staging.rename(final)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise RegistryError(
+                    f"model version {version} was not registered: writing to {self.root} failed: {exc}"
+                ) from exc
             raise
         fsync_dir(self.root)
         registered = ModelVersion(version, final, manifest, self._status(manifest, self._read_production()))
@@ -284,9 +310,8 @@ class ModelRegistry:
 
     def verify(self, version: ModelVersion) -> None:
         """Check every file's SHA-256 against the manifest (done before promoting)."""
-        for name, meta in version.manifest["files"].items():
-            if _sha256(version.folder / name) != meta["sha256"]:
-                raise RegistryError(f"model version {version.version}: {name} does not match its manifest checksum")
+        for name in version.manifest["files"]:
+            verify_file(version.folder / name)
 
     def promote(self, version: str, *, force: bool = False) -> ModelVersion:
         """Make ``version`` the production model: verify, write ``production.json`` atomically, then

@@ -167,6 +167,8 @@ class PoolStore(Protocol):
 
     ``add`` stores crops and returns their ids (in order); consumers read through named
     groups and acknowledge, so the embedder and the trainer progress independently.
+    ``ack(..., pipe=p)`` only queues the acknowledgements on the caller's Redis pipeline ``p``
+    (returning 0), for a transaction that also holds the writes that make them true.
     ``snapshot`` is the trainer's view: up to ``max_crops``, balanced over cameras,
     from the last ``since_s`` seconds.
 
@@ -179,7 +181,7 @@ class PoolStore(Protocol):
 
     def read(self, group: str, consumer: str, count: int, block_ms: int = 0) -> list[Crop]: ...
 
-    def ack(self, group: str, crop_ids: Sequence[str]) -> int: ...
+    def ack(self, group: str, crop_ids: Sequence[str], pipe: object | None = None) -> int: ...
 
     def snapshot(self, max_crops: int, since_s: float | None = None) -> list[Crop]: ...
 

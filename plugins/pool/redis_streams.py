@@ -405,18 +405,23 @@ class RedisStreamPool:
         log.info("pool: %s/%s took over %d pending crops of a dead consumer", group, consumer, len(crops))
         return crops
 
-    def ack(self, group: str, crop_ids: Sequence[str]) -> int:
-        """Acknowledge crops for ``group``; returns how many were pending."""
+    def ack(self, group: str, crop_ids: Sequence[str], pipe: redis.client.Pipeline | None = None) -> int:
+        """Acknowledge crops for ``group``; returns how many were pending.
+
+        With ``pipe`` the acknowledgements are only queued on it, and 0 is returned: the caller
+        executes them in one transaction with the writes that make them true (the embedder's
+        embeddings), so that a crash leaves both or neither.
+        """
         by_cam: dict[str, list[str]] = {}
         for cid in crop_ids:
             cam, sid = parse_crop_id(cid)
             by_cam.setdefault(cam, []).append(sid)
         if not by_cam:
             return 0
-        pipe = self.client.pipeline(transaction=False)
+        queue = self.client.pipeline(transaction=False) if pipe is None else pipe
         for cam, sids in by_cam.items():
-            pipe.xack(self.stream_key(cam), group, *sids)
-        return int(sum(pipe.execute()))
+            queue.xack(self.stream_key(cam), group, *sids)
+        return int(sum(queue.execute())) if pipe is None else 0
 
     def pending(self, group: str) -> int:
         """Entries delivered to ``group`` and not yet acknowledged, over every camera."""
