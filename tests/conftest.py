@@ -14,7 +14,7 @@ from selfreid.pipeline.redis_conn import EmbeddedRedis
 REPO = Path(__file__).resolve().parents[1]
 # Shared test helpers (vtest_data, conreid_tracks, serving_fixtures) live beside this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-pytest_plugins = ["serving_fixtures", "reliability_doc"]
+pytest_plugins = ["serving_fixtures", "reliability_doc", "pytester"]
 # Ultralytics must never touch the network or the user's home during tests.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".yolo"))

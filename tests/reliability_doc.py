@@ -17,6 +17,7 @@ it, so every full test run regenerates the page; ``pytest -m reliability`` runs 
 from __future__ import annotations
 
 import platform
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -126,6 +127,15 @@ def render(rows: list[_Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _without_temp_dirs(text: str, config: pytest.Config) -> str:
+    """The page with this run's pytest temp folder written as ``$TMP`` (stable from run to run)."""
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is None:
+        return text
+    base = str(factory.getbasetemp())
+    return re.sub(re.escape(base) + r"/[^/\s|']+", "$TMP", text)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     target = session.config.getoption("--reliability-doc")
     rows = list(session.config.stash[_ROWS].values())
@@ -133,4 +143,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(rows))
+    path.write_text(_without_temp_dirs(render(rows), session.config))

@@ -229,4 +229,5 @@ class OnnxEmbedder:
         out = np.asarray(loaded.session.run(None, {loaded.input_name: batch})[0], np.float32)
         out = out.reshape(len(images), -1)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12), loaded.version
+        with np.errstate(invalid="ignore"):  # a NaN output stays NaN: the callers reject it by name
+            return out / np.maximum(norms, 1e-12), loaded.version
