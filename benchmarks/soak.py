@@ -160,7 +160,6 @@ def take_sample(sup: Any, t_s: float, redis_pid: int) -> Sample:
         "embeddings_len": int(client.xlen(sup.embeddings_key)),
         "backlog": {spec.name: sup.backlog(spec) for spec in sup.specs if spec.drains},
         "counters": stage_counters(read_status(client, sup.cfg.pool.prefix)),
-        "stages": {name: stage.state for name, stage in sup.running.items()},
     }
 
 
