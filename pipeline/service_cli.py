@@ -185,6 +185,8 @@ def init_command(
     site serves embeddings before its first adaptation cycle."""
     import tempfile
 
+    import torch
+
     from selfreid.pipeline.cli import fail
     from selfreid.pipeline.model_registry import register_checkpoint
     from selfreid.reid_model.checkpoint import save_checkpoint
@@ -196,6 +198,7 @@ def init_command(
                 return
             fail(f"the registry {registry.root} already has versions; use `selfreid models list`")
         images = _parity_crops(cfg, registry, crops, cfg.export.parity_crops)
+        torch.manual_seed(cfg.train.seed)  # the heads' initialisation: the trainer's fresh model, every site alike
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = save_checkpoint(Path(tmp) / "pretrained.pt", build_model(cfg.train.model), cfg.train)
             version = register_checkpoint(registry, ckpt, cfg.export, images, metrics={"pretrained": True})
