@@ -8,7 +8,9 @@ bash scripts/ci_tools.sh
 bash scripts/system_deps.sh
 export YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$PWD/.yolo"
 set +e
-.venv/bin/python -m pytest -q --reliability-doc docs/reliability.md "$@"
+# "--opt=value": a separate value would be taken for a test path before tests/conftest.py (which
+# defines the option) is loaded, and pytest would reject the option.
+.venv/bin/python -m pytest -q --reliability-doc=docs/reliability.md "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
