@@ -13,7 +13,7 @@ matcher backlogs and the stages' cumulative counters (from their status reports)
 total RSS slope (least squares, MB/hour) over the samples after the warm-up (``--warmup-min``, and
 at least until every stage has processed something); the goal also
 needs every camera stream within ``max_len_per_camera`` (+ one stream node: trimming is approximate)
-and no stage crash. The time series goes into the JSON and ``results/S1.png``.
+and no stage crash. The time series goes into the JSON and its plot into ``docs/benchmarks/S1.png``.
 
     .venv/bin/python -m benchmarks.soak [--minutes 60] [--sample-s 30] [--warmup-min 15] [--stride 4]
 """
@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks._common import RESULTS_DIR, limit_threads, sample_data, write_result
+from benchmarks._common import limit_threads, sample_data, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO / "configs" / "local.yaml"
+PLOT = Path("docs") / "benchmarks" / "S1.png"  # media live under docs/
 STAGES = ("ingest", "embedder", "matcher")
 GOAL_MB_PER_H = 50.0
 MB = 1024 * 1024
@@ -418,7 +419,8 @@ def main() -> None:
     run = run_soak(sample_data(), data_dir, opts, on_sample=_print)
     summary = summarize(run, opts)
     series = compact_series(run.samples)
-    plot(series, summary["steady_from_s"], RESULTS_DIR / "S1.png")
+    (REPO / PLOT).parent.mkdir(parents=True, exist_ok=True)
+    plot(series, summary["steady_from_s"], REPO / PLOT)
     slope = summary["rss"]["total"]["slope_mb_per_h"]
     met = slope is not None and slope < GOAL_MB_PER_H and summary["pool"]["bounded"] and not run.crashed
     write_result(
@@ -431,7 +433,7 @@ def main() -> None:
             "options": vars(args) | {"data_dir": str(data_dir)},
             **summary,
             "series": series,
-            "plot": "results/S1.png",
+            "plot": str(PLOT),
         },
         met=met,
     )

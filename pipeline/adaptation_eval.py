@@ -65,10 +65,7 @@ def heldout_metrics(fq: torch.Tensor, fg: torch.Tensor, query: Sequence[MarketIt
             "mAP_camera_penalty": penalised["mAP"], "rank1_camera_penalty": penalised["rank1"]}
 
 
-def _embed(onnx_path: Path, images: Sequence[np.ndarray], step: str, progress: Progress) -> np.ndarray:
-    from selfreid.plugins.embedders.onnx_embedder import OnnxEmbedder
-
-    embedder = OnnxEmbedder(OnnxEmbedder.Settings(model=str(onnx_path)))
+def _embed(embedder, images: Sequence[np.ndarray], step: str, progress: Progress) -> np.ndarray:
     out = []
     for start in range(0, len(images), EMBED_BATCH):
         out.append(embedder.embed(list(images[start : start + EMBED_BATCH])))
@@ -82,18 +79,18 @@ def _read_images(items: Sequence[MarketItem]) -> list[np.ndarray]:
     return [cv2.imread(str(it.path)) for it in items]
 
 
-def _conreid(models: dict[str, Path], root: Path, progress: Progress) -> dict[str, Any]:
+def _conreid(models: dict[str, Any], root: Path, progress: Progress) -> dict[str, Any]:
     query, gallery = conreid_heldout(root)
     qi, gi = _read_images(query), _read_images(gallery)
     scores = {}
-    for label, onnx in models.items():
-        fq = torch.from_numpy(_embed(onnx, qi, f"Con-ReID held-out ids, {label}: query", progress))
-        fg = torch.from_numpy(_embed(onnx, gi, f"Con-ReID held-out ids, {label}: gallery", progress))
+    for label, embedder in models.items():
+        fq = torch.from_numpy(_embed(embedder, qi, f"Con-ReID held-out ids, {label}: query", progress))
+        fg = torch.from_numpy(_embed(embedder, gi, f"Con-ReID held-out ids, {label}: gallery", progress))
         scores[label] = heldout_metrics(fq, fg, query, gallery)
     return {**scores, "heldout_ids": HOLDOUT_IDS, "query": len(query), "gallery": len(gallery)}
 
 
-def _vtest(models: dict[str, Path], data_dir: Path, progress: Progress) -> dict[str, Any]:
+def _vtest(models: dict[str, Any], data_dir: Path, progress: Progress) -> dict[str, Any]:
     import tempfile
 
     import redis
@@ -107,8 +104,8 @@ def _vtest(models: dict[str, Path], data_dir: Path, progress: Progress) -> dict[
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp)) as server:
         client = redis.Redis.from_url(server.url)
         try:
-            for label, onnx in models.items():
-                vectors = _embed(onnx, [c for _, c in crops], f"vtest IDF1, {label}: embed", progress)
+            for label, embedder in models.items():
+                vectors = _embed(embedder, [c for _, c in crops], f"vtest IDF1, {label}: embed", progress)
                 progress(f"vtest IDF1, {label}: match", 0, 1)
                 scores[label] = calibrated_idf1(data_dir, crops, vectors, label, client)
                 progress(f"vtest IDF1, {label}: match", 1, 1)
@@ -123,7 +120,10 @@ def compare_versions(before: Path, after: Path, data_dir: Path,
 
     A measurement whose data is missing from ``data_dir`` is replaced by ``{"missing": reason}``.
     """
-    models = {"before": before, "after": after}
+    from selfreid.plugins.embedders.onnx_embedder import OnnxEmbedder
+
+    models = {label: OnnxEmbedder(OnnxEmbedder.Settings(model=str(onnx))) for label, onnx in
+              (("before", before), ("after", after))}
     out: dict[str, Any] = {}
     conreid = data_dir / "con-reid" / "bounding_box_train"
     out["conreid"] = (_conreid(models, conreid, progress) if conreid.is_dir()

@@ -89,9 +89,8 @@ def fit_to_device(cfg: AppConfig, console) -> AppConfig:
     budget of a few minutes): :data:`GPU_BUDGET` times the epochs, snapshot and wall-time budget."""
     import torch
 
-    if cfg.train.device not in ("auto", "cuda") and not cfg.train.device.startswith("cuda"):
-        return cfg
-    if not torch.cuda.is_available():
+    on_cuda = cfg.train.device == "auto" or cfg.train.device.startswith("cuda")
+    if not (on_cuda and torch.cuda.is_available()):
         return cfg
     service = cfg.service
     bigger = {"epochs": service.epochs * GPU_BUDGET["epochs"],
@@ -142,16 +141,6 @@ def evaluate_adaptation(cfg: AppConfig, client, console) -> dict[str, Any] | Non
     return result
 
 
-def write_report(cfg: AppConfig, client, out: Path):
-    from selfreid.pipeline.identity_search import IdentitySearch
-    from selfreid.pipeline.site_report import collect_report, render_html
-
-    data = collect_report(cfg, IdentitySearch(cfg, client))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(data))
-    return data
-
-
 def _change(evaluation: dict[str, Any], section: str, key: str, label: str) -> str | None:
     part = evaluation.get(section) or {}
     if "before" in part and "after" in part:
@@ -179,6 +168,7 @@ def run_demo(cfg: AppConfig, options: DemoOptions, console) -> Path:
 
     from selfreid.pipeline.local_run import RunOptions, resolve_sample_data, run_local
     from selfreid.pipeline.redis_conn import redis_endpoint
+    from selfreid.pipeline.site_report import write_report
 
     started = time.monotonic()
     cfg = fit_to_device(fit_to_available_data(resolve_sample_data(cfg), console), console)

@@ -40,13 +40,14 @@ from selfreid.plugins.contracts import Crop, Embedding, PoolStore
 
 __all__ = [
     "run_embedder", "ModelFollower", "EmbedStats", "EmbeddingError", "build_embedder", "embed_with_version",
-    "load_production", "GROUP",
+    "ProductionLoader", "GROUP",
 ]
 
 log = logging.getLogger(__name__)
 
 GROUP = "embedder"
 STATUS_EVERY_S = 2.0
+RETRY_FAILED_S = 30.0  # a promoted model that failed to load is tried again after this long
 IDLE_BLOCK_MS = 500
 
 
@@ -104,13 +105,35 @@ def _parse_record(raw: bytes | str | None) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("onnx") and record.get("version") else None
 
 
-def load_production(embedder, record: dict[str, Any]) -> None:
-    """Swap in the promoted model of a production ``record``, once its file matches the checksum of its
-    registry manifest (:func:`~selfreid.pipeline.model_registry.verify_file`): the registry verified it
-    when promoting, but the file may have been damaged on disk since. Raises when it cannot be used;
-    the model loaded before keeps serving."""
-    verify_file(record["onnx"])
-    embedder.load(record["onnx"])
+class ProductionLoader:
+    """Swaps promoted models into an embedder, for every process that serves embeddings.
+
+    A model is loaded once its file matches the checksum of its registry manifest
+    (:func:`~selfreid.pipeline.model_registry.verify_file`): the registry verified it when promoting,
+    but the file may have been damaged on disk since. A version that failed is tried again only after
+    ``retry_s``: the production pointer is re-read every few seconds, and each try hashes the file.
+    """
+
+    def __init__(self, embedder, retry_s: float = RETRY_FAILED_S) -> None:
+        self.embedder = embedder
+        self.retry_s = retry_s
+        self._failed: tuple[str, float] | None = None  # (version, when to try it again)
+
+    def due(self, record: dict[str, Any] | None) -> bool:
+        """``record`` names another version than the one serving, and not one that failed lately."""
+        if record is None or record["version"] == self.embedder.model_version:
+            return False
+        return not (self._failed and self._failed[0] == record["version"] and time.monotonic() < self._failed[1])
+
+    def load(self, record: dict[str, Any]) -> None:
+        """Verify and swap in ``record``'s model. Raises when it cannot be used; the model loaded
+        before keeps serving and this version waits ``retry_s``."""
+        try:
+            verify_file(record["onnx"])
+            self.embedder.load(record["onnx"])
+        except Exception:
+            self._failed = (record["version"], time.monotonic() + self.retry_s)
+            raise
 
 
 def build_embedder(cfg: AppConfig):
@@ -153,23 +176,20 @@ class _EmbedLoop:
         self.follower = None if _fixed(embedder) else ModelFollower(client, prefix)
         self.consumer = f"embedder-{socket.gethostname()}-{os.getpid()}"
         self.stats = EmbedStats()
-        self._failed_version: tuple[str, float] | None = None
+        self.loader = ProductionLoader(embedder)
 
     def follow_registry(self) -> None:
         """Load a newly promoted model between batches; a broken one is retried after 30 s."""
         if self.follower is None:
             return
         record = self.follower.latest()
-        if record is None or record["version"] == self.embedder.model_version:
-            return
-        if self._failed_version and self._failed_version[0] == record["version"] and time.monotonic() < self._failed_version[1]:
+        if not self.loader.due(record):
             return
         try:
-            load_production(self.embedder, record)
+            self.loader.load(record)
         except Exception as exc:  # noqa: BLE001 - a bad promotion must not stop the service
             log.error("cannot load promoted model %s (%s): %s", record["version"], record["onnx"], exc)
             self.stats.errors += 1
-            self._failed_version = (record["version"], time.monotonic() + 30)  # the key re-check retries it
             return
         self.stats.swaps += 1
         log.info("embedder now serves model %s (%s)", self.embedder.model_version, self.embedder.provider)

@@ -25,9 +25,9 @@ from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.embed_service import (
     EmbeddingError,
     ModelFollower,
+    ProductionLoader,
     build_embedder,
     embed_with_version,
-    load_production,
 )
 from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord
@@ -96,6 +96,7 @@ class IdentitySearch:
         self.embedder = embedder or build_embedder(cfg)
         fixed = embedder is not None or bool(cfg.embedder.params.get("model"))
         self.follower = None if fixed else ModelFollower(client, cfg.pool.prefix, recheck_s=2.0)
+        self.loader = ProductionLoader(self.embedder)
         self.gallery = GalleryStore(client, cfg.pool.prefix)
         self._detector = detector
         self._views: dict[str, _GalleryView] = {}
@@ -104,9 +105,9 @@ class IdentitySearch:
     def refresh_model(self) -> None:
         """Follow promotions; a model that fails to load keeps the previous one serving."""
         record = self.follower.latest() if self.follower else None
-        if record and record["version"] != self.embedder.model_version:
+        if self.loader.due(record):
             try:
-                load_production(self.embedder, record)
+                self.loader.load(record)
             except Exception as exc:  # noqa: BLE001 - keep serving the previous model
                 log.error("search: cannot load model %s: %s", record["version"], exc)
 

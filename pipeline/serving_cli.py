@@ -126,26 +126,22 @@ def report_command(
     before/after metrics (after `selfreid demo`) and each stage's throughput."""
     import redis
 
-    from selfreid.pipeline.api import render_report, report_identities
     from selfreid.pipeline.cli import console, fail, load_or_fail
-    from selfreid.pipeline.identity_search import IdentitySearch, SearchError
+    from selfreid.pipeline.identity_search import SearchError
     from selfreid.pipeline.redis_conn import redis_endpoint
+    from selfreid.pipeline.site_report import write_report
 
     cfg = load_or_fail(config)
     with redis_endpoint(cfg) as url:
         client = redis.Redis.from_url(url)
         try:
-            search = IdentitySearch(cfg, client)
-            page, (version, identities, _) = render_report(search), report_identities(search)
+            data = write_report(cfg, client, out)
         except SearchError as exc:
             fail(str(exc))
         finally:
             client.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    across = sum(len(i.cameras) > 1 for i in identities)
-    console.print(f"[green]wrote[/] {out}: model version {version}, {len(identities)} identities, "
-                  f"{across} seen by more than one camera")
+    console.print(f"[green]wrote[/] {out}: model version {data.version}, {len(data.identities)} identities, "
+                  f"{data.across} seen by more than one camera")
 
 
 def forget_command(

@@ -34,7 +34,7 @@ from typing import Any
 from selfreid.pipeline.config import AppConfig
 
 __all__ = ["EVALUATION_FILE", "ReportData", "collect_report", "render_html", "timeline_svg", "curve_svg",
-           "throughput_rows"]
+           "throughput_rows", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +256,8 @@ def throughput_rows(first: dict[str, dict[str, Any]], last: dict[str, dict[str, 
         if stage not in COUNTERS:
             continue
         unit, read = COUNTERS[stage]
-        start = first.get(name, fields)
-        rate = _rate(start, fields, read(fields), read(start) if start is not fields else 0.0)
+        start = first.get(name, fields)  # seen once: no interval, no rate
+        rate = _rate(start, fields, read(fields), read(start))
         rows.append({"stage": name, "count": int(read(fields)), "unit": unit,
                      "rate": None if rate is None else round(rate, 2)})
     for cycle in cycles:
@@ -324,3 +324,13 @@ def render_html(data: ReportData) -> str:
     env.globals["colour"] = identity_colour
     env.tests["multiple"] = lambda cameras: len(cameras) > 1
     return env.get_template("report.html").render(r=data)
+
+
+def write_report(cfg: AppConfig, client, out: Path) -> ReportData:
+    """Collect, render and write the page to ``out``; returns what it shows."""
+    from selfreid.pipeline.identity_search import IdentitySearch
+
+    data = collect_report(cfg, IdentitySearch(cfg, client))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(data))
+    return data
