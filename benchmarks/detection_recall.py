@@ -2,7 +2,7 @@
 
 Frames 1-400 of ``vtest.avi`` (read through the ``file`` source) against the MOT15 ground truth,
 IoU >= 0.5, one-to-one Hungarian matching; ``considered == 0`` rows are ignore regions
-(:mod:`selfreid.pipeline.detection_metrics`). Every detector sees the same frames in the same
+(:mod:`selfreid.pipeline.evaluation.detection`). Every detector sees the same frames in the same
 batches; fps counts ``detect`` time only (decoding excluded). The value is the recall of the
 default detector (``yolo`` with its default settings and offline weights).
 
@@ -39,7 +39,7 @@ def main() -> None:
     limit_threads(args.threads)
     import numpy as np
     from selfreid.pipeline.config import CameraConfig
-    from selfreid.pipeline.detection_metrics import detection_recall, load_mot_gt
+    from selfreid.pipeline.evaluation.detection import detection_recall, load_mot_gt
     from selfreid.plugins import registry
 
     data = sample_data()

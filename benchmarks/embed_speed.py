@@ -25,7 +25,7 @@ THREADS = 2
 
 
 def _crops(n: int) -> list[np.ndarray]:
-    from selfreid.pipeline.vtest_eval import load_gt, read_crops, virtual_cameras
+    from selfreid.pipeline.evaluation.vtest import load_gt, read_crops, virtual_cameras
     from selfreid.plugins.assets import shared_data_dir
 
     data = shared_data_dir() / "pets09-s2l1"

@@ -1,6 +1,6 @@
 """M1: cross-camera IDF1 on vtest.avi (virtual cameras) before and after unsupervised adaptation.
 
-What is measured (see :mod:`selfreid.pipeline.vtest_eval`): the ReID + matching stage, on ground-truth
+What is measured (see :mod:`selfreid.pipeline.evaluation.vtest`): the ReID + matching stage, on ground-truth
 boxes of frames 1-400 grouped into per-camera tracklets by ground-truth id (a perfect per-camera
 tracker), time split (A = frames 1-200, B = 201-400), every 4th frame; IDF1 by py-motmetrics.
 
@@ -82,7 +82,7 @@ def _adapt(model_cfg, crops, cams, groups, minutes: float, epochs: int, out: Pat
 
 
 def _score(model, version: str, crops, data: Path, redis_client, tmp: Path) -> dict:
-    from selfreid.pipeline.vtest_eval import calibrated_idf1
+    from selfreid.pipeline.evaluation.vtest import calibrated_idf1
     from selfreid.plugins.embedders.onnx_embedder import OnnxEmbedder
     from selfreid.reid_model.export import export_onnx
 
@@ -104,8 +104,8 @@ def main() -> None:
 
     import redis
 
-    from selfreid.pipeline.redis_conn import EmbeddedRedis
-    from selfreid.pipeline.vtest_eval import load_gt, read_crops, virtual_cameras
+    from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
+    from selfreid.pipeline.evaluation.vtest import load_gt, read_crops, virtual_cameras
     from selfreid.plugins.assets import shared_data_dir
     from selfreid.reid_model.config import ModelConfig
     from selfreid.reid_model.model import build_model

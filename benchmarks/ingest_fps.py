@@ -4,7 +4,7 @@ Both sides use the default ``yolo`` detector's weights and settings (imgsz, conf
 device) on the first N frames of ``vtest.avi``, one frame per call (one camera):
 
 * **bare**: ``ultralytics.YOLO(weights).predict(frame)`` over frames already decoded in memory;
-* **ingest**: :func:`selfreid.pipeline.ingest.run_ingest` on one ``file`` camera of the same video:
+* **ingest**: :func:`selfreid.pipeline.ingest.service.run_ingest` on one ``file`` camera of the same video:
   decode -> detect -> ByteTrack -> crop policy -> JPEG -> pool writes into an embedded Redis.
 
 Repetitions alternate bare / ingest so that load changes on a shared machine hit both. Model loading
@@ -51,7 +51,7 @@ def bare_fps(model: Any, frames: list, predict_kw: dict[str, Any]) -> float:
 
 def ingest_fps(cfg: Any, redis_url: str, n: int) -> tuple[float, float, dict[str, Any]]:
     """(steady-state fps, end-to-end fps including startup, final camera counters)."""
-    from selfreid.pipeline.ingest import run_ingest
+    from selfreid.pipeline.ingest.service import run_ingest
 
     samples: list[tuple[float, int]] = []
 
@@ -75,7 +75,7 @@ def main() -> None:
     from ultralytics import YOLO
 
     from selfreid.pipeline.config import parse_config
-    from selfreid.pipeline.redis_conn import EmbeddedRedis
+    from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
     from selfreid.plugins.detectors.yolo import YoloDetector
 
     data = sample_data()

@@ -28,7 +28,7 @@ import redis
 from rich.progress import Progress
 
 from benchmarks._common import write_result
-from selfreid.pipeline.redis_conn import EmbeddedRedis
+from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
 from selfreid.plugins.assets import shared_data_dir
 from selfreid.plugins.contracts import Crop
 from selfreid.plugins.pool.redis_streams import RedisStreamPool

@@ -1,6 +1,6 @@
 """S1: soak - 4 looped camera streams through ingest, embedder and matcher: RSS growth, pool size, drops.
 
-The whole local pipeline runs as ``selfreid run`` runs it (:class:`~selfreid.pipeline.local_run.Supervisor`:
+The whole local pipeline runs as ``selfreid run`` runs it (:class:`~selfreid.pipeline.orchestration.run.Supervisor`:
 one process per stage around an embedded redis-server), on four cameras made from the two sample
 videos (PETS S2L1 full frame, its left and right halves through an ROI, the indoor clip), each
 ``loop``-ed forever and paced at native speed (``realtime``) like live cameras, with a ``stride``.
@@ -149,7 +149,7 @@ def stage_counters(status: dict[str, dict[str, Any]]) -> dict[str, dict[str, int
 
 def take_sample(sup: Any, t_s: float, redis_pid: int) -> Sample:
     """One point of the time series (see the module docstring)."""
-    from selfreid.pipeline.status import read_status
+    from selfreid.pipeline.runtime.status import read_status
 
     client = sup.client
     pids = {name: stage.process.pid for name, stage in sup.running.items() if name in STAGES}
@@ -184,7 +184,7 @@ class Sampler:
 def _init_models(sup: Any) -> None:
     """Register model version 1 before the clock starts: its ONNX export dominates start-up on a CPU
     (``start_all`` then finds the registry filled and starts the stages at once)."""
-    from selfreid.pipeline.local_run import INIT
+    from selfreid.pipeline.orchestration.run import INIT
 
     sup.start(INIT)
     init = sup.running[INIT.name]
@@ -208,15 +208,15 @@ def run_soak(
     """Run the pipeline for ``opts.duration_s`` (or until a stage crashes) on a fresh embedded Redis in
     ``data_dir`` (``REDIS_URL`` is not used), sampling it; stop it in order as ``selfreid run`` does."""
     from selfreid.pipeline.config import load_config
-    from selfreid.pipeline.local_run import STAGES as SPECS
-    from selfreid.pipeline.local_run import RunOptions, Supervisor
-    from selfreid.pipeline.redis_conn import EmbeddedRedis
-    from selfreid.pipeline.signals import stop_on_signals
+    from selfreid.pipeline.orchestration.run import STAGES as SPECS
+    from selfreid.pipeline.orchestration.run import RunOptions, Supervisor
+    from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
+    from selfreid.pipeline.runtime.signals import stop_on_signals
 
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = write_config(data, data_dir, opts)
     cfg = load_config(config_path)
-    options = RunOptions(duration_s=opts.duration_s, stages=opts.stages, config_path=config_path)
+    options = RunOptions(duration_s=opts.duration_s, stages=opts.stages)
     specs = [spec for spec in SPECS if spec.name in opts.stages]
     with EmbeddedRedis(cfg.path(cfg.redis.embedded_dir), cfg.redis.appendonly) as server:
         sup = Supervisor(cfg, server.url, options, specs)

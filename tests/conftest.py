@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from selfreid.pipeline.redis_conn import EmbeddedRedis
+from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parents[1]
 # Shared test helpers (vtest_data, conreid_tracks, serving_fixtures) live beside this file.

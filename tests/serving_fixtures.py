@@ -51,7 +51,7 @@ def onnx_model(onnx_model_factory) -> Path:
 @pytest.fixture(scope="session")
 def vtest_boxes(shared_data):
     """Ground-truth boxes of frames 1-400 on two virtual cameras (time split)."""
-    from selfreid.pipeline.vtest_eval import load_gt, virtual_cameras
+    from selfreid.pipeline.evaluation.vtest import load_gt, virtual_cameras
 
     return virtual_cameras(load_gt(shared_data / "pets09-s2l1" / "gt_frames_0001-0400.txt"), "time")
 
@@ -59,7 +59,7 @@ def vtest_boxes(shared_data):
 @pytest.fixture(scope="session")
 def vtest_crops(shared_data, vtest_boxes):
     """BGR crops of every 8th frame at the ground-truth boxes (280 crops)."""
-    from selfreid.pipeline.vtest_eval import read_crops
+    from selfreid.pipeline.evaluation.vtest import read_crops
 
     if "crops" not in _CACHE:
         _CACHE["crops"] = read_crops(shared_data / "pets09-s2l1" / "vtest.avi", vtest_boxes, every_k=8)

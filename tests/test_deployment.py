@@ -18,8 +18,8 @@ import yaml
 from typer.testing import CliRunner
 
 from selfreid.pipeline.cli import app
-from selfreid.pipeline.deploy_cli import check_health
-from selfreid.pipeline.status import publish_status, read_status
+from selfreid.pipeline.cli.run import check_health
+from selfreid.pipeline.runtime.status import publish_status, read_status
 
 REPO = Path(__file__).resolve().parents[1]
 APP_SERVICES = ("ingest", "trainer", "embedder", "matcher", "api")

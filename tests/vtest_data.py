@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfreid.pipeline.detection_metrics import GroundTruth, load_mot_gt
+from selfreid.pipeline.evaluation.detection import GroundTruth, load_mot_gt
 
 __all__ = ["vtest_path", "read_vtest", "vtest_gt"]
 

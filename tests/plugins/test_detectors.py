@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from vtest_data import read_vtest, vtest_gt
 
-from selfreid.pipeline.detection_metrics import detection_recall
+from selfreid.pipeline.evaluation.detection import detection_recall
 from selfreid.plugins.contracts import Detection
 from selfreid.plugins.detectors.common import DetectorError, letterbox, nms, resolve_device
 from selfreid.plugins.detectors.hog import HogDetector

@@ -23,11 +23,11 @@ import pytest
 import redis
 from selfreid.pipeline.cli import app
 from selfreid.pipeline.config import AppConfig, parse_config
-from selfreid.pipeline.embed_service import EmbedStats, run_embedder
-from selfreid.pipeline.embedding_store import EmbeddingStore
-from selfreid.pipeline.ingest import CameraStats, PoolStats, run_ingest
-from selfreid.pipeline.pool import open_pool
-from selfreid.pipeline.redis_conn import EmbeddedRedis
+from selfreid.pipeline.serving.embed import EmbedStats, run_embedder
+from selfreid.pipeline.serving.embedding_store import EmbeddingStore
+from selfreid.pipeline.ingest.service import CameraStats, PoolStats, run_ingest
+from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
 from selfreid.plugins import registry
 from selfreid.plugins.contracts import Crop
 from selfreid.plugins.embedders.onnx_embedder import OnnxEmbedder
@@ -598,7 +598,7 @@ def api_cfg(tmp_path) -> AppConfig:
 @pytest.fixture()
 def api(api_cfg, redis_server, redis_client, tmp_path):
     from fastapi.testclient import TestClient
-    from selfreid.pipeline.api import create_app
+    from selfreid.pipeline.serving.api import create_app
 
     embedder = OnnxEmbedder(OnnxEmbedder.Settings(model=str(tiny_onnx(tmp_path / "nan.onnx", log=True))))
     hog = registry.create("detectors", "hog", {}, where="test", device="cpu")
@@ -666,7 +666,7 @@ def raw_get(port: int, path: str) -> tuple[int, bytes]:
 @bad_input("path traversal in the API URL (../, %2e%2e, ..%2f, //, backslashes)",
            "no file outside the API is ever served (404), the server stays up")
 def test_path_traversal(observe, api_cfg, redis_server) -> None:
-    from selfreid.pipeline.api import run_api
+    from selfreid.pipeline.serving.api import run_api
 
     stop = threading.Event()
     thread = threading.Thread(target=run_api, args=(api_cfg, redis_server.url, stop), daemon=True)

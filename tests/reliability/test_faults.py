@@ -26,22 +26,23 @@ import pytest
 import redis
 
 from conreid_tracks import as_pool_crops, conreid_tracks
-from selfreid.pipeline import model_registry, train_service
+from selfreid.pipeline.training import registry as model_registry
+from selfreid.pipeline.training import service as train_service
 from selfreid.pipeline.config import AppConfig, parse_config
-from selfreid.pipeline.embed_service import run_embedder
-from selfreid.pipeline.identity_search import IdentitySearch
-from selfreid.pipeline.ingest import CameraStats, PoolStats, run_ingest
-from selfreid.pipeline.match_service import run_matcher
-from selfreid.pipeline.model_registry import (
+from selfreid.pipeline.serving.embed import run_embedder
+from selfreid.pipeline.serving.search import IdentitySearch
+from selfreid.pipeline.ingest.service import CameraStats, PoolStats, run_ingest
+from selfreid.pipeline.serving.match import run_matcher
+from selfreid.pipeline.training.registry import (
     ModelRegistry,
     RegistryError,
     index_key,
     production_key,
     promoted_channel,
 )
-from selfreid.pipeline.pool import open_pool
-from selfreid.pipeline.redis_conn import EmbeddedRedis
-from selfreid.pipeline.status import read_status
+from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
+from selfreid.pipeline.runtime.status import read_status
 from selfreid.plugins.contracts import Crop
 from selfreid.plugins.pool.redis_streams import RedisStreamPool
 from selfreid.reid_model.checkpoint import read_checkpoint
@@ -189,7 +190,7 @@ def test_redis_sigkill_during_ingest_loses_no_acknowledged_crop(observe, shared_
 TRAIN_PROCESS = r'''
 import sys, threading
 from selfreid.pipeline.config import AppConfig
-from selfreid.pipeline.train_service import run_train_service
+from selfreid.pipeline.training.service import run_train_service
 run_train_service(AppConfig.model_validate_json(open(sys.argv[1]).read()), sys.argv[2], threading.Event(), once=True)
 '''
 
@@ -301,7 +302,7 @@ EMBEDDER_PROCESS = r'''
 import os, signal, sys, threading, time
 import numpy as np
 from selfreid.pipeline.config import AppConfig
-from selfreid.pipeline.embed_service import run_embedder
+from selfreid.pipeline.serving.embed import run_embedder
 from selfreid.plugins.pool.redis_streams import RedisStreamPool
 
 class SlowEmbedder:
@@ -494,7 +495,7 @@ def test_corrupted_model_file_is_refused_and_the_old_model_keeps_serving(
 REGISTER_PROCESS = r'''
 import json, resource, sys
 import redis
-from selfreid.pipeline.model_registry import ModelRegistry, RegistryError
+from selfreid.pipeline.training.registry import ModelRegistry, RegistryError
 root, url, limit, files = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 registry = ModelRegistry(root, redis.Redis.from_url(url), "df")
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # the kernel refuses to grow any file past limit

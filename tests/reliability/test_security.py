@@ -21,14 +21,14 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from selfreid.pipeline.api_auth import COOKIE, exposure_warning, warn_if_exposed
+from selfreid.pipeline.serving.api_auth import COOKIE, exposure_warning, warn_if_exposed
 from selfreid.pipeline.cli import app
 from selfreid.pipeline.config import ApiConfig, AppConfig, ConfigError, load_config, parse_config
-from selfreid.pipeline.embedding_store import EmbeddingStore
-from selfreid.pipeline.match_service import run_matcher
-from selfreid.pipeline.pool import open_pool
-from selfreid.pipeline.privacy import enforce_retention, forget_identity
-from selfreid.pipeline.redis_conn import EmbeddedRedis
+from selfreid.pipeline.serving.embedding_store import EmbeddingStore
+from selfreid.pipeline.serving.match import run_matcher
+from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.serving.privacy import enforce_retention, forget_identity
+from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
 from selfreid.plugins.contracts import Crop, Embedding
 from selfreid.plugins.matchers.cross_camera import CrossCameraMatcher
 from selfreid.plugins.matchers.gallery_store import GalleryStore, tracklet_key
@@ -109,7 +109,7 @@ def token_cfg(tmp_path: Path) -> AppConfig:
 def _api(cfg: AppConfig, url: str, **kwargs):
     from fastapi.testclient import TestClient
 
-    from selfreid.pipeline.api import create_app
+    from selfreid.pipeline.serving.api import create_app
 
     return TestClient(create_app(cfg, url, **kwargs), follow_redirects=False)
 
@@ -159,7 +159,7 @@ def test_exposed_api_without_token_warns(observe, caplog: pytest.LogCaptureFixtu
     for host in ("127.0.0.1", "::1", "localhost"):
         assert exposure_warning(ApiConfig(host=host)) is None
     assert exposure_warning(ApiConfig(host="0.0.0.0", token=TOKEN)) is None
-    with caplog.at_level(logging.WARNING, logger="selfreid.pipeline.api_auth"):
+    with caplog.at_level(logging.WARNING, logger="selfreid.pipeline.serving.api_auth"):
         warn_if_exposed(ApiConfig(host="0.0.0.0"))
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "without a token" in warning and "SELFREID_API_TOKEN" in warning

@@ -1,0 +1,114 @@
+"""``selfreid ingest``: run the detection stage with a live per-camera status table.
+
+Registered in :mod:`selfreid.pipeline.cli.app`; the work itself is :func:`selfreid.pipeline.ingest.service.run_ingest`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from selfreid.pipeline.cli.common import console, fail, load_or_fail
+
+__all__ = ["ingest_command", "status_table"]
+
+log = logging.getLogger(__name__)
+
+
+def status_table(stats: dict, pool, title: str = "selfreid ingest"):  # -> rich renderable
+    """One row per camera (state, fps, counters), the pool's state, then each camera's last problem."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    styles = {
+        "running": "green",
+        "finished": "blue",
+        "failed": "red",
+        "reconnecting": "yellow",
+        "connecting": "yellow",
+    }
+    redis_state = "[green]up[/]" if pool.connected else f"[red]down[/] ({pool.last_error})"
+    caption = (
+        f"crops = written/accepted, drops = frames/crops. Redis {redis_state}: "
+        f"{pool.written} written, {pool.queued} queued, {pool.dropped} dropped"
+    )
+    table = Table(
+        title=title,
+        caption=caption,
+        box=None,
+        caption_justify="left",
+        padding=(0, 1, 0, 0),  # one space between columns: 80-column logs fit
+    )
+    for column in ("camera", "state", "fps", "frames", "people", "crops", "drops", "recon", "errors"):
+        table.add_column(column, justify="left" if column in ("camera", "state") else "right", no_wrap=True)
+    for cam_id, s in stats.items():
+        state = f"[{styles.get(s.state, 'white')}]{s.state}[/]"
+        counts = (
+            s.frames,
+            s.detections,
+            f"{s.written}/{s.crops}",
+            f"{s.frame_drops}/{s.crop_drops}",
+            s.reconnects,
+            s.errors,
+        )
+        table.add_row(cam_id, state, f"{s.fps:.1f}", *map(str, counts))
+    problems = [
+        Text(f"{cam_id}: {s.last_error}", style="yellow") for cam_id, s in stats.items() if s.last_error
+    ]
+    return Group(table, *problems)
+
+
+def ingest_command(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Site YAML with ingest.cameras (see configs/).")
+    ],
+    max_frames: Annotated[
+        Optional[int],
+        typer.Option("--max-frames", min=1, help="Stop each camera after this many processed frames."),
+    ] = None,
+) -> None:
+    """Detect, track and crop people on every configured camera into the Redis pool.
+
+    Shows a live table per camera (fps, detections, crops written, drops, reconnects, state).
+    Ctrl-C stops cleanly: buffered crops are written to Redis before exiting. Without
+    redis.url (or REDIS_URL), an embedded Redis is started in the data directory.
+    """
+    import redis
+    from rich.live import Live
+
+    from selfreid.pipeline.ingest.service import run_ingest
+    from selfreid.pipeline.orchestration.run import resolve_sample_data
+    from selfreid.pipeline.config.redis import redact_url
+    from selfreid.pipeline.runtime.redis_conn import redis_endpoint
+    from selfreid.pipeline.runtime.signals import stop_on_signals
+    from selfreid.pipeline.runtime.redis_conn import ping
+    from selfreid.plugins.registry import PluginError
+
+    cfg = resolve_sample_data(load_or_fail(config))
+    if not cfg.ingest.cameras:
+        fail(f"{config}: no cameras configured (add entries under ingest.cameras)")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    with redis_endpoint(cfg) as url, stop_on_signals(stop):
+        if problem := ping(url):
+            held = "crops are held in memory (oldest dropped beyond pool.params.max_queue) until it does"
+            console.print(
+                f"[yellow]warning:[/] Redis at {redact_url(url)} does not answer ({problem}); {held}", highlight=False
+            )
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            try:
+                stats = run_ingest(
+                    cfg, url, stop, max_frames, on_status=lambda s, p: live.update(status_table(s, p))
+                )
+            except (PluginError, redis.AuthenticationError) as exc:
+                fail(str(exc))
+    failed = [f"{cam}: {s.last_error}" for cam, s in stats.items() if s.state == "failed"]
+    if failed and len(failed) == len(stats):
+        fail("every camera failed: " + "; ".join(failed), code=1)
+    console.line()
+    written = sum(s.written for s in stats.values())
+    console.print(f"[green]done[/]: {written} crops written from {len(stats)} camera(s)", highlight=False)

@@ -1,0 +1,1 @@
+"""Labelled evaluation of the product: detection recall, cross-camera IDF1, before/after adaptation."""

@@ -1,0 +1,1 @@
+"""Ingest: cameras -> detector -> tracker -> crop policy -> the Redis pool (``selfreid ingest``)."""

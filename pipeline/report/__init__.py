@@ -1,0 +1,1 @@
+"""The site report: one self-contained HTML page (``selfreid report``, the API's ``/report``)."""

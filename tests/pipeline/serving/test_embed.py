@@ -1,0 +1,140 @@
+"""The embed and match services on a real Redis: batching, ack after store, corrupt JPEGs, hot swap."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from selfreid.pipeline.config import parse_config
+from selfreid.pipeline.serving.embed import run_embedder
+from selfreid.pipeline.serving.embedding_store import EmbeddingStore
+from selfreid.pipeline.serving.match import run_matcher
+from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.plugins.contracts import Crop
+
+
+@pytest.fixture()
+def cfg(tmp_path):
+    return parse_config({"data_dir": str(tmp_path), "pool": {"prefix": "es"},
+                         "embedder": {"batch_size": 8, "max_wait_ms": 30}})
+
+
+def _crops(vtest_crops, start: int, n: int, corrupt: int = 0) -> list[Crop]:
+    out = []
+    for box, image in vtest_crops[start : start + n]:
+        jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+        out.append(Crop(box.camera_id, 1.7e9 + box.frame / 7, box.frame, box.box, box.track_id, 0.9, jpeg))
+    out += [Crop("A", 1.7e9, 1, (0, 0, 1, 1), 99, 0.9, b"\xff\xd8garbage") for _ in range(corrupt)]
+    return out
+
+
+def _promote(client, version: str, path) -> None:
+    record = json.dumps({"version": version, "onnx": str(path), "embedding_dim": 4096})
+    client.set("es:models:production", record)
+    client.publish("es:models:promoted", record)
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def _start(target, cfg, url):
+    stop = threading.Event()
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.setdefault("stats", target(cfg, url, stop)), daemon=True)
+    thread.start()
+    return stop, thread, result
+
+
+def test_embedder_waits_embeds_swaps_and_acks(cfg, redis_server, redis_client, onnx_model_factory, vtest_crops):
+    pool = open_pool(cfg, redis_client)
+    store = EmbeddingStore(redis_client, "es")
+    pool.add(_crops(vtest_crops, 0, 10, corrupt=1))
+    stop, thread, result = _start(run_embedder, cfg, redis_server.url)
+    try:
+        time.sleep(1.5)  # no production model yet: nothing is embedded, nothing is acked
+        assert len(store) == 0
+        assert b"waiting" in (redis_client.hget(next(redis_client.scan_iter("es:status:embedder:*")), "state") or b"")
+        _promote(redis_client, "v1", onnx_model_factory("v1"))
+        _wait(lambda: len(store) == 10)
+        _promote(redis_client, "v2", onnx_model_factory("v2"))
+        _wait(lambda: json.loads(redis_client.hget(next(redis_client.scan_iter("es:status:embedder:*")), "model_version")) == "v2")
+        pool.add(_crops(vtest_crops, 10, 6))
+        _wait(lambda: len(store) == 16)
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    assert not thread.is_alive()
+    stats = result["stats"]
+    assert stats.embedded == 16 and stats.rejected == {"corrupt_jpeg": 1} and stats.swaps == 2
+    items = store.read("check", "c", 100)
+    versions = [i.embedding.model_version for i in items]
+    assert versions == ["v1"] * 10 + ["v2"] * 6  # every crop embedded once, tagged with the model that did it
+    assert all(i.embedding.vector.shape == (4096,) and abs(np.linalg.norm(i.embedding.vector) - 1) < 1e-4 for i in items)
+    assert items[0].jpeg[:2] == b"\xff\xd8" and items[0].embedding.quality == pytest.approx(0.9)
+    assert pool.pending("embedder") == 0  # all acked, the corrupt one included
+    rejected = redis_client.xrange("es:embedder:rejected")
+    assert len(rejected) == 1 and rejected[0][1][b"reason"] == b"corrupt_jpeg"
+
+
+def test_match_service_consumes_embeddings(cfg, redis_server, redis_client, onnx_model_factory, vtest_crops):
+    from selfreid.plugins.contracts import Embedding
+    from selfreid.plugins.embedders.onnx_embedder import OnnxEmbedder
+
+    embedder = OnnxEmbedder(OnnxEmbedder.Settings(model=str(onnx_model_factory("v1"))))
+    store = EmbeddingStore(redis_client, "es")
+    chosen = [(b, c) for b, c in vtest_crops if b.gt_id in (9, 11)][:24]
+    chosen += [(b, c) for b, c in vtest_crops if b.gt_id == 15 and b.camera_id == "B"][:2]  # too short to decide early
+    vectors = embedder.embed([c for _, c in chosen])
+    store.add([(Embedding(f"{b.camera_id}/{b.frame}", b.camera_id, 1.7e9 + b.frame / 7, b.track_id, v, "v1"),
+                cv2.imencode(".jpg", c)[1].tobytes()) for (b, c), v in zip(chosen, vectors)])
+    stop, thread, result = _start(run_matcher, cfg, redis_server.url)
+    try:
+        _wait(lambda: redis_client.xlen("es:events") >= 2)
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    assert result["stats"].embeddings == len(chosen) and result["stats"].errors == 0
+    assert redis_client.xpending("es:embeddings", "matcher")["pending"] == 0
+    assert redis_client.hlen("es:match:thumbs") >= 2 and redis_client.hlen("es:match:v:v1") >= 2
+    tracklets = [json.loads(v) for v in redis_client.hvals("es:match:v:v1")]
+    assert all(t["global_id"] is not None for t in tracklets)  # short ones were decided at stop
+
+
+class FlakyEmbedder:
+    """Fails on any batch holding a crop narrower than 10 px (a stand-in for a runtime error)."""
+
+    loaded, model_version, dim = True, "vx", 3
+
+    def embed(self, images):
+        if any(im.shape[1] < 10 for im in images):
+            raise RuntimeError("kernel failure")
+        return np.ones((len(images), 3), np.float32) / np.sqrt(3)
+
+
+def test_a_crop_the_model_fails_on_is_rejected_not_retried_forever(cfg, redis_server, redis_client, vtest_crops):
+    pool = open_pool(cfg, redis_client)
+    crops = _crops(vtest_crops, 0, 4)
+    narrow = Crop("A", 1.7e9, 1, (0, 0, 5, 40), 98, 0.9, cv2.imencode(".jpg", np.zeros((40, 5, 3), np.uint8))[1].tobytes())
+    pool.add(crops + [narrow])
+    stop = threading.Event()
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("s", run_embedder(cfg, redis_server.url, stop, FlakyEmbedder())))
+    thread.start()
+    try:
+        _wait(lambda: len(EmbeddingStore(redis_client, "es")) == 4)
+        _wait(lambda: pool.pending("embedder") == 0)
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    assert result["s"].rejected == {"embed_error": 1} and result["s"].embedded == 4

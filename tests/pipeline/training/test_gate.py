@@ -1,0 +1,130 @@
+"""Validation gate on real exported models and real Con-ReID tracklets."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from conreid_tracks import conreid_tracks
+from selfreid.pipeline.config.service import GateConfig
+from selfreid.pipeline.training.gate import (
+    Holdout,
+    _compare,
+    labelled_scores,
+    nonfinite_parameters,
+    paired_delta,
+    proxy_scores,
+    run_gate,
+)
+from selfreid.reid_model.config import ModelConfig
+from selfreid.reid_model.export import export_onnx
+from selfreid.reid_model.model import build_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(ModelConfig(backbone="mobilenet_v2", input_size=(128, 64))).eval()
+
+
+@pytest.fixture(scope="module")
+def baseline_onnx(model, tmp_path_factory):
+    return export_onnx(model, tmp_path_factory.mktemp("base") / "model.onnx", None, "1")
+
+
+@pytest.fixture(scope="module")
+def holdout(shared_data) -> Holdout:
+    tracks = conreid_tracks(shared_data, persons=6, track_len=3, per_camera=1, first=40)
+    return Holdout([t.image() for t in tracks], [t.camera_id for t in tracks], [t.group for t in tracks])
+
+
+def test_proxy_scores_on_synthetic_embeddings():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 32))
+    emb = np.repeat(centres, 3, axis=0) + 0.05 * rng.normal(size=(18, 32))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    groups = [f"g{i // 3}" for i in range(18)]
+    cams = ["c1", "c2"] * 9
+    good = proxy_scores(emb.astype(np.float32), cams, groups, k=3)
+    assert good["track_nn_agreement"] == 1.0 and good["score"] == 1.0
+    assert good["effective_rank"] > 4 and abs(good["mean_cosine"]) < 0.5
+    shuffled = proxy_scores(emb[rng.permutation(18)].astype(np.float32), cams, groups, k=3)
+    assert shuffled["track_nn_agreement"] < 0.5
+    collapsed = np.tile(emb[:1], (18, 1)) + 1e-4 * rng.normal(size=(18, 32))
+    bad = proxy_scores(collapsed.astype(np.float32), cams, groups)
+    assert bad["mean_cosine"] > 0.99 and bad["effective_rank"] < 1.1
+
+
+def test_same_model_passes_with_numbers(model, baseline_onnx, holdout):
+    decision = run_gate(baseline_onnx, baseline_onnx, holdout, GateConfig(), candidate_model=model)
+    assert decision.passed, decision.reason
+    assert decision.candidate["score"] == pytest.approx(decision.baseline["score"])
+    assert decision.candidate["tracklets_with_pairs"] >= 10
+    assert 0.0 < decision.candidate["track_nn_agreement"] <= 1.0
+
+
+def test_nan_weights_are_rejected_before_anything_runs(model, baseline_onnx, holdout):
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.global_head[0].weight[0, :3] = float("nan")
+    assert nonfinite_parameters(broken) == 3
+    decision = run_gate(baseline_onnx, baseline_onnx, holdout, GateConfig(), candidate_model=broken)
+    assert not decision.passed and decision.reason.startswith("non-finite weights: 3")
+
+
+def test_collapsed_candidate_is_rejected(model, baseline_onnx, holdout, tmp_path):
+    collapsed = copy.deepcopy(model)
+    torch.manual_seed(3)
+    with torch.no_grad():  # every head outputs its BN bias: one embedding for everybody
+        for head in [collapsed.global_head, *collapsed.local_heads]:
+            head[0].weight.zero_()
+            head[0].bias.zero_()
+            head[1].bias.copy_(torch.randn_like(head[1].bias))
+    path = export_onnx(collapsed, tmp_path / "collapsed.onnx", None, "2")
+    decision = run_gate(path, baseline_onnx, holdout, GateConfig(), candidate_model=collapsed)
+    assert not decision.passed and "collapsed embeddings" in decision.reason
+    assert decision.candidate["mean_cosine"] > 0.99
+
+
+def test_decision_rule_on_scores():
+    cfg = GateConfig(max_proxy_drop=0.02, proxy_z=1.64, max_labelled_drop=0.0, validation_dir="val")
+    base = {"mean_cosine": 0.3, "effective_rank": 50.0, "score": 0.60, "labelled_mAP": 0.4, "labelled_rank1": 0.7}
+
+    def cand(delta: float, se: float, **changes) -> dict:
+        return {**base, "score": base["score"] + delta, "score_delta": delta, "score_delta_se": se, **changes}
+
+    assert _compare(cand(0.0, 0.0), base, cfg) is None
+    assert _compare(cand(-0.01, 0.001), base, cfg) is None, "within the tolerance"
+    assert "label-free score dropped" in _compare(cand(-0.10, 0.02), base, cfg), "large and significant"
+    assert _compare(cand(-0.10, 0.10), base, cfg) is None, "one flipped crop out of ten is not evidence"
+    strict = cfg.model_copy(update={"proxy_z": 0.0})
+    assert "label-free score dropped" in _compare(cand(-0.10, 0.10), base, strict)
+    assert "mAP dropped" in _compare(cand(0.0, 0.0, labelled_mAP=0.39), base, cfg)
+    assert "rank1 dropped" in _compare(cand(0.0, 0.0, labelled_rank1=0.69), base, cfg)
+    assert "effective rank" in _compare(cand(0.0, 0.0, effective_rank=1.5), base, cfg)
+    assert _compare({k: v for k, v in base.items()}, {}, cfg) is None, "no production model: absolute checks only"
+
+
+def test_paired_delta_uses_only_crops_both_judge():
+    cand = np.array([1.0, 0.0, 1.0, np.nan, 1.0])
+    base = np.array([1.0, 1.0, 1.0, 1.0, np.nan])
+    delta, se = paired_delta(cand, base)
+    assert delta == pytest.approx(-1 / 3) and se == pytest.approx(np.std([0, -1, 0], ddof=1) / np.sqrt(3))
+    assert paired_delta(np.array([0.5]), np.array([1.0]))[1] == float("inf")
+
+
+def test_labelled_validation_set(model, baseline_onnx, holdout, shared_data, tmp_path):
+    tracks = conreid_tracks(shared_data, persons=5, track_len=2, per_camera=1, first=10)
+    (tmp_path / "query").mkdir()
+    (tmp_path / "bounding_box_test").mkdir()
+    first_cam = {}
+    for t in tracks:  # one camera per person is the query, the others the gallery
+        folder = "query" if first_cam.setdefault(t.pid, t.camera_id) == t.camera_id else "bounding_box_test"
+        (tmp_path / folder / t.path.name).symlink_to(t.path)
+    scores = labelled_scores(baseline_onnx, tmp_path)
+    assert 0.0 < scores["mAP"] <= 1.0 and 0.0 <= scores["rank1"] <= 1.0
+    decision = run_gate(baseline_onnx, baseline_onnx, holdout, GateConfig(validation_dir=str(tmp_path)))
+    assert decision.passed and decision.candidate["labelled_mAP"] == pytest.approx(scores["mAP"])
