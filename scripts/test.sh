@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# The test command (README, and what CI runs through .ci/run): set up, then run the whole suite.
+# The test command (README, and what CI runs through .ci/run): set up, lint, type-check, then run the
+# whole suite. Extra arguments go to pytest.
+#   SELFREID_TEST_RANDOM=1 bash scripts/test.sh   the same in random test order (pytest-randomly; the
+#                                                 seed is printed: `--randomly-seed=N` replays one order)
+#   bash scripts/refresh_reliability_doc.sh       the same, and rewrite docs/reliability.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh --dev
@@ -7,10 +11,16 @@ bash scripts/bootstrap.sh --dev
 bash scripts/ci_tools.sh
 bash scripts/system_deps.sh
 export YOLO_OFFLINE=1 YOLO_CONFIG_DIR="$PWD/.yolo"
+bash scripts/lint.sh
+order=(-p no:randomly)
+if [ "${SELFREID_TEST_RANDOM:-0}" = "1" ]; then
+  order=(-p randomly)
+fi
 set +e
-# "--opt=value": a separate value would be taken for a test path before tests/conftest.py (which
-# defines the option) is loaded, and pytest would reject the option.
-.venv/bin/python -m pytest -q --reliability-doc=docs/reliability.md "$@"
+# The reliability table of this run goes to the build folder, so a test run never dirties the work
+# tree ("--opt=value": a separate value would be taken for a test path before tests/conftest.py,
+# which defines the option, is loaded).
+.venv/bin/python -m pytest -q "${order[@]}" --reliability-doc="${SELFREID_RELIABILITY_DOC:-build/reliability.md}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -15,9 +15,15 @@ __all__ = ["train_command", "eval_command"]
 DataArg = Annotated[Path, typer.Option("--data", help="Folder of person crops (searched recursively).")]
 
 
-def _fail(message: str) -> None:
-
-    fail(message)
+def _checkpoint_folder(out: Path) -> Path:
+    """``--out``, created; a one-line error when it is a file or cannot be created."""
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder for the checkpoints")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--out {out} cannot be created: {exc.strerror or exc}")
+    return out
 
 
 def train_command(
@@ -26,9 +32,9 @@ def train_command(
         Optional[Path], typer.Option("--config", "-c", help="Site YAML; its `train:` section is used.")
     ] = None,
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Checkpoint folder (default: <data_dir>/runs/train).")
+        Optional[Path], typer.Option("--out", help="Checkpoint folder (default: DATA_DIR/runs/train).")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from <out>/last.pt.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
     init: Annotated[
         Optional[Path], typer.Option("--init", help="Start from this checkpoint's weights.")
     ] = None,
@@ -36,15 +42,15 @@ def train_command(
     """Train the ReID model with Selective Contrastive Learning on an unlabelled crop folder.
 
     Cameras come from Market-style names (``_c3``) or from one sub-folder per camera; identity
-    labels in file names are never read. Writes <out>/last.pt (resumable) and <out>/train_log.jsonl.
+    labels in file names are never read. Writes OUT/last.pt (resumable) and OUT/train_log.jsonl.
     """
     from selfreid.reid_model.checkpoint import CheckpointError
     from selfreid.reid_model.data import DataError, image_folder_dataset
     from selfreid.reid_model.trainer import SCLTrainer
     from selfreid.reid_model.weights import WeightsError
 
-    cfg = load_or_fail(config)
-    out = out or cfg.path("runs/train")
+    cfg = load_or_fail(config, data_dir=out is None)
+    out = _checkpoint_folder(out or cfg.path("runs/train"))
     try:
         dataset = image_folder_dataset(data)
         console.print(
@@ -54,7 +60,7 @@ def train_command(
             dataset, out, init_checkpoint=str(init) if init else None, resume=resume
         )
     except (DataError, WeightsError, CheckpointError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     state = "finished" if result.finished else "stopped by max_minutes (resume with --resume)"
     console.print(
         f"[green]{state}[/]: {result.epochs} epoch(s), checkpoint {result.checkpoint}, {result.metrics}"
@@ -77,13 +83,13 @@ def eval_command(
         ),
     ] = False,
     holdout_ids: Annotated[
-        int, typer.Option("--holdout-ids", help="Identities held out when --data has no split.")
+        int, typer.Option("--holdout-ids", min=1, help="Identities held out when --data has no split.")
     ] = 20,
     device: Annotated[str, typer.Option("--device", help="'auto', 'cpu' or 'cuda:0'.")] = "auto",
 ) -> None:
     """Print mAP and CMC rank-1/5/10 of a checkpoint (Market protocol, cosine on the serving embedding).
 
-    Query/gallery: --query and --gallery when given; else <data>/query and <data>/bounding_box_test
+    Query/gallery: --query and --gallery when given; else DATA/query and DATA/bounding_box_test
     when both exist; else a split of --data itself: --holdout-ids identities seen in two or more
     cameras (seed 0), one camera's crops of each as queries and the rest as gallery (as
     benchmarks/adapt_conreid.py does; the model should not have been trained on those identities).
@@ -96,7 +102,7 @@ def eval_command(
     from selfreid.reid_model.trainer import resolve_device
 
     if (query is None) != (gallery is None):
-        _fail("--query and --gallery go together")
+        fail("--query and --gallery go together")
     try:
         if query is None and (data / "query").is_dir() and (data / "bounding_box_test").is_dir():
             query, gallery = data / "query", data / "bounding_box_test"
@@ -108,7 +114,7 @@ def eval_command(
             split = f"{holdout_ids} held-out identities of {data}"
         net, train_cfg = load_model(model, resolve_device(device))
     except (DataError, CheckpointError, RuntimeError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"evaluating {model} on {len(q_items)} queries, {len(g_items)} gallery crops ({split})")
     with torch.inference_mode():
         feats = [
