@@ -25,8 +25,26 @@ INSTALL_HINT = (
 )
 
 
+def _keep_the_gcc_unwinder_global() -> None:
+    """Put libgcc_s's unwinder in the global symbol scope before GStreamer loads.
+
+    libgstreamer links libunwind, and GObject introspection opens it with global binding, so
+    libunwind's ``_Unwind_*`` symbols would then interpose libgcc_s's for every C++ library loaded
+    later in the process: onnxruntime's exceptions (a bad model file, say) unwind through the wrong
+    unwinder and abort the process instead of raising. Loading libgcc_s globally first keeps its
+    definitions the ones that later libraries bind to.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("gcc_s")
+    if name:
+        ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+
+
 def gst_module() -> Any:
     """``gi.repository.Gst``, initialised; :class:`SourceError` with an install hint when missing."""
+    _keep_the_gcc_unwinder_global()
     try:
         import gi
 
