@@ -20,7 +20,7 @@ SHORT = SoakOptions(
     warmup_s=30.0,
     stride=2,
     detector="yolox",
-    max_len_per_camera=40,
+    max_len_per_camera=8,  # small, so that even a slow or loaded machine trims within the minute
     exact_trim=True,
     match_max_age_s=20.0,
 )
