@@ -9,6 +9,7 @@ service cleanly.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -17,13 +18,17 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from selfreid.pipeline.cli.common import ConfigOption, console, fail, load_or_fail
+from selfreid.pipeline.cli.common import ConfigOption, console, fail, load_or_fail, output_file
 
-__all__ = ["embed_command", "match_command", "api_command", "search_command", "report_command", "forget_command"]
+__all__ = ["embed_command", "match_command", "api_command", "search_command", "search_lines", "report_command",
+           "forget_command"]
 
 
 def _serve(config: Path | None, run: Callable[[Any, str, threading.Event], Any], what: str, overrides: dict | None = None):
-    """Load the config, open Redis, run one service until Ctrl-C; a plugin/config problem is one line."""
+    """Load the config, open Redis, run one service until Ctrl-C; a plugin/config problem, a taken port
+    or a refused Redis password is one line."""
+    import redis
+
     from selfreid.pipeline.runtime.redis_conn import redis_endpoint
     from selfreid.pipeline.runtime.signals import stop_on_signals
     from selfreid.plugins.registry import PluginError
@@ -36,7 +41,7 @@ def _serve(config: Path | None, run: Callable[[Any, str, threading.Event], Any],
     with redis_endpoint(cfg) as url, stop_on_signals(stop), console.status(f"{what} (Ctrl-C stops)"):
         try:
             return run(cfg, url, stop)
-        except PluginError as exc:
+        except (PluginError, redis.AuthenticationError) as exc:
             fail(str(exc))
 
 
@@ -63,28 +68,41 @@ def api_command(
     host: Annotated[Optional[str], typer.Option(help="Bind address (default: api.host).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (default: api.port).", min=1, max=65535)] = None,
 ) -> None:
-    """Serve the search API and the report page (http://HOST:PORT/report)."""
-    from selfreid.pipeline.serving.api import run_api
+    """Serve the search API and the report page (http://HOST:PORT/report).
+
+    Prints where it listens and whether a token is required; a port already in use is an error (exit 2).
+    """
+    from selfreid.pipeline.serving.api import ApiError, run_api
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    _serve(config, run_api, "serving the API", overrides)
+    announce = functools.partial(console.print, highlight=False, markup=False)
+    try:
+        _serve(config, functools.partial(run_api, announce=announce), "serving the API", overrides)
+    except ApiError as exc:
+        fail(str(exc))
 
 
 def search_command(
     image: Annotated[Path, typer.Argument(help="Photo or crop of the person (JPEG/PNG).")],
     config: ConfigOption = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Identities per person.")] = None,
-    min_score: Annotated[Optional[float], typer.Option(help="Cosine a hit needs (default: api.min_score).")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, max=100, help="Identities per person.")] = None,
+    min_score: Annotated[Optional[float], typer.Option(
+        min=-1.0, max=1.0, help="Cosine a hit needs (default: api.min_score).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full JSON result (thumbnails included).")] = False,
 ) -> None:
-    """Where else was this person seen? Cameras and times of every matching identity."""
+    """Where else was this person seen? Cameras and times of every matching identity.
+
+    A photo wider than tall goes through the person detector: every person found is listed with the
+    closest identity and its score, matched or not. Plain lines on stdout (never cut to the width).
+    """
     import redis
-    from rich.table import Table
 
     from selfreid.pipeline.config.redis import redact_url
     from selfreid.pipeline.serving.search import IdentitySearch, SearchError
     from selfreid.pipeline.runtime.redis_conn import redis_endpoint
 
+    if image.is_dir():
+        fail(f"{image} is a folder; give one image file")
     if not image.is_file():
         fail(f"image not found: {image}")
     cfg = load_or_fail(config)
@@ -93,23 +111,31 @@ def search_command(
         try:
             result = IdentitySearch(cfg, client).search_bytes(image.read_bytes(), top_k, min_score)
         except SearchError as exc:
-            fail(str(exc))
+            fail(f"{image}: {exc}")
         except (redis.RedisError, OSError) as exc:
             fail(f"Redis at {redact_url(url)} is not reachable: {exc}")
         finally:
             client.close()
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    table = Table(title=f"{image.name}: {result['message']} (model {result['model_version']})")
-    for column in ("person", "identity", "score", "camera", "track", "from", "to"):
-        table.add_column(column)
+    typer.echo(json.dumps(result, indent=2) if as_json else "\n".join(search_lines(image.name, result)))
+
+
+def search_lines(name: str, result: dict[str, Any]) -> list[str]:
+    """The search result as plain lines: the outcome, then per person where it is, the closest
+    identity and every sighting of each match (full ISO times, nothing cut to a width)."""
+    lines = [f"{name} (model version {result['model_version']}): {result['message']}"]
     for p, person in enumerate(result["people"], 1):
+        if not person["identities"]:
+            lines.append(f"person {p} (box {person['box']}): closest identity {person['best_global_id']} scores "
+                         f"{person['best_score']:.3f}, below {result['min_score']:.2f}")
+            continue
+        lines.append(f"person {p} (box {person['box']}): {len(person['identities'])} identity(ies) scoring "
+                     f"{result['min_score']:.2f} or more")
         for ident in person["identities"]:
-            for s in ident["sightings"]:
-                table.add_row(str(p), str(ident["global_id"]), f"{ident['score']:.3f}", s["camera_id"], str(s["track_id"]),
-                              s["start_iso"], s["end_iso"])
-    console.print(table)
+            lines.append(f"  identity {ident['global_id']}, score {ident['score']:.3f}, cameras {', '.join(ident['cameras'])}")
+            lines += [f"    camera {s['camera_id']} track {s['track_id']}: {s['start_iso']} to {s['end_iso']}"
+                      + (f" (recording {s['recording_from']} to {s['recording_to']})" if s["recording_from"] else "")
+                      for s in ident["sightings"]]
+    return lines
 
 
 def report_command(
@@ -126,12 +152,17 @@ def report_command(
     from selfreid.pipeline.report.site import write_report
 
     cfg = load_or_fail(config)
+    output_file(out, "--out")
     with redis_endpoint(cfg) as url:
         client = redis.Redis.from_url(url)
         try:
             data = write_report(cfg, client, out)
         except SearchError as exc:
             fail(str(exc))
+        except redis.RedisError as exc:
+            fail(f"Redis is not reachable: {exc}")
+        except OSError as exc:
+            fail(f"--out {out} cannot be written: {exc.strerror or exc}")
         finally:
             client.close()
     console.print(f"[green]wrote[/] {out}: model version {data.version}, {len(data.identities)} identities, "
@@ -139,14 +170,15 @@ def report_command(
 
 
 def forget_command(
-    global_id: Annotated[int, typer.Argument(help="The identity to delete (report page, API or events).")],
+    global_id: Annotated[int, typer.Argument(min=1, help="The identity to delete (report page, API or events).")],
     config: ConfigOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete one person: every crop, embedding, gallery record, thumbnail and event of GLOBAL_ID.
 
-    Run it once the person has left the cameras; a second call reports nothing left. Models already
-    trained on the pool are not changed (see selfreid.pipeline.serving.privacy).
+    Run it once the person has left the cameras; a second call reports nothing left (exit 0). An id
+    this site never assigned is an error (exit 2): most likely a typo. Models already trained on the
+    pool are not changed (see selfreid.pipeline.serving.privacy).
     """
     import redis
 
@@ -157,7 +189,12 @@ def forget_command(
     cfg = load_or_fail(config)
     with open_redis(cfg) as client:
         try:
-            spans = identity_tracklets(GalleryStore(client, cfg.pool.prefix), global_id)
+            store = GalleryStore(client, cfg.pool.prefix)
+            spans = identity_tracklets(store, global_id)
+            assigned = int(client.get(store.key("next_gid")) or 0)  # ids are 1..assigned, never reused
+            if not spans and global_id > assigned:
+                fail(f"identity {global_id} was never assigned on this site "
+                     f"({f'ids so far: 1 to {assigned}' if assigned else 'no identity yet'}); nothing deleted")
             if spans and not yes:
                 cameras = ", ".join(sorted({s.camera_id for s in spans.values()}))
                 typer.confirm(f"Delete everything stored about identity {global_id} ({len(spans)} tracklet(s) "
@@ -166,7 +203,8 @@ def forget_command(
         except (redis.RedisError, OSError) as exc:
             fail(f"Redis is not reachable: {exc}")
     if report.total == 0 and not report.tracklets:
-        console.print(f"identity {global_id}: nothing stored (no tracklet, crop, embedding or event left)")
+        console.print(f"identity {global_id}: nothing stored any more (already forgotten, or expired by the "
+                      "retention); nothing deleted", highlight=False)
         return
     console.print(f"[green]forgot[/] identity {global_id}: {report.tracklets} tracklet(s); deleted "
                   f"{report.describe()}", highlight=False)

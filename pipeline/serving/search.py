@@ -22,6 +22,7 @@ import numpy as np
 import redis
 
 from selfreid.pipeline.config import AppConfig
+from selfreid.pipeline.runtime.status import media_origins, media_position
 from selfreid.pipeline.serving.embed import (
     EmbeddingError,
     ModelFollower,
@@ -29,7 +30,7 @@ from selfreid.pipeline.serving.embed import (
     build_embedder,
     embed_with_version,
 )
-from selfreid.plugins.codec import decode_jpeg
+from selfreid.plugins.codec import ImageTooLarge, decode_jpeg
 from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord
 
 __all__ = ["IdentitySearch", "SearchError", "Sighting", "Identity"]
@@ -60,6 +61,8 @@ class Sighting:
     start: float
     end: float
     thumbnail_jpeg_b64: str | None
+    recording_from: str | None = None  # position in the recording ("1:05") for a file camera
+    recording_to: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "start_iso": _iso(self.start), "end_iso": _iso(self.end)}
@@ -94,7 +97,7 @@ class IdentitySearch:
         self.cfg = cfg
         self.client = client
         self.embedder = embedder or build_embedder(cfg)
-        fixed = embedder is not None or bool(cfg.embedder.params.get("model"))
+        fixed = embedder is not None or not self.embedder.follows_registry
         self.follower = None if fixed else ModelFollower(client, cfg.pool.prefix, recheck_s=2.0)
         self.loader = ProductionLoader(self.embedder)
         self.gallery = GalleryStore(client, cfg.pool.prefix)
@@ -117,24 +120,26 @@ class IdentitySearch:
         if cached and time.monotonic() - cached.loaded_at < GALLERY_TTL_S:
             return cached
         records = [r for r in self.gallery.load_tracklets(version) if r.global_id is not None]
-        dim = getattr(self.embedder, "dim", 0) or 1
+        dim = self.embedder.dim or 1
         features = np.stack([r.feature for r in records]) if records else np.zeros((0, dim), np.float32)
         self._views[version] = _GalleryView(time.monotonic(), records, features)
         return self._views[version]
 
     # -- search ------------------------------------------------------------------------------
-    def people(self, image: np.ndarray) -> list[np.ndarray]:
-        """The person crops of a query: the image itself when crop-shaped, else the detector's boxes."""
+    def people(self, image: np.ndarray) -> list[tuple[list[int], np.ndarray]]:
+        """``(box, crop)`` of each person in a query: the image itself when crop-shaped, else the
+        detector's boxes (``[x1, y1, x2, y2]`` in query pixels)."""
         h, w = image.shape[:2]
         if h >= CROP_MIN_ASPECT * w or self._get_detector() is None:
-            return [image]
-        crops = []
+            return [([0, 0, w, h], image)]
+        people = []
         for det in self._detector.detect([image])[0]:
             x1, y1, x2, y2 = (int(round(v)) for v in det.box)
-            crop = image[max(0, y1) : max(0, y2), max(0, x1) : max(0, x2)]
+            box = [max(0, x1), max(0, y1), min(w, max(0, x2)), min(h, max(0, y2))]
+            crop = image[box[1] : box[3], box[0] : box[2]]
             if crop.size:
-                crops.append(crop)
-        return crops
+                people.append((box, crop))
+        return people
 
     def _get_detector(self):
         if self._detector is None:
@@ -149,31 +154,37 @@ class IdentitySearch:
         return self._detector or None
 
     def search_bytes(self, data: bytes, top_k: int | None = None, min_score: float | None = None) -> dict[str, Any]:
-        image = decode_jpeg(data)
+        try:
+            image = decode_jpeg(data, max_pixels=self.cfg.api.max_image_pixels)
+        except ImageTooLarge as exc:
+            raise SearchError(str(exc), status=413) from None
         if image is None:
             raise SearchError("the upload is not a decodable image (JPEG/PNG expected)")
         return self.search_image(image, top_k, min_score)
 
     def search_image(self, image: np.ndarray, top_k: int | None = None, min_score: float | None = None) -> dict[str, Any]:
-        """``{"model_version", "people": [{"identities": [...], "best_score"}], "message"}``."""
+        """``{"model_version", "people": [...], "message"}``; each person is ``{"box", "identities",
+        "best_score", "best_global_id"}``: the identities above ``min_score`` and the closest one even
+        when it is below (so a caller can say who was seen and how close the gallery came)."""
         self.refresh_model()
-        if not getattr(self.embedder, "loaded", True):
+        if not self.embedder.loaded:
             raise SearchError("no production model yet: train and promote one first", status=503)
         top_k = top_k or self.cfg.api.top_k
         min_score = self.cfg.api.min_score if min_score is None else min_score
-        crops = self.people(image)
-        if not crops:
+        found = self.people(image)
+        if not found:
             return {"model_version": self.embedder.model_version, "people": [], "message": "no person found in the image"}
         try:
-            vectors, version = embed_with_version(self.embedder, crops)
+            vectors, version = embed_with_version(self.embedder, [crop for _, crop in found])
         except EmbeddingError as exc:
             raise SearchError(f"this image cannot be searched: {exc}", status=422) from None
         view = self.view(version)
         if not view.records:
             return {"model_version": version, "people": [], "message": f"the gallery of model version {version} is empty"}
-        people = [self._rank(view, q, top_k, min_score) for q in vectors]
-        found = sum(bool(p["identities"]) for p in people)
-        message = f"{found} of {len(people)} person(s) matched" if found else f"no identity above the threshold {min_score:.2f}"
+        people = [{"box": box, **self._rank(view, q, top_k, min_score)} for (box, _), q in zip(found, vectors)]
+        matched = sum(bool(p["identities"]) for p in people)
+        message = (f"{matched} of {len(people)} person(s) matched" if matched
+                   else f"{len(people)} person(s) found, none with an identity above the threshold {min_score:.2f}")
         return {"model_version": version, "min_score": min_score, "people": people, "message": message}
 
     def _rank(self, view: _GalleryView, query: np.ndarray, top_k: int, min_score: float) -> dict[str, Any]:
@@ -183,15 +194,19 @@ class IdentitySearch:
             best[rec.global_id] = max(best.get(rec.global_id, -2.0), s)
         ranked = sorted(best.items(), key=lambda kv: -kv[1])
         hits = [(gid, s) for gid, s in ranked[:top_k] if s >= min_score]
-        return {"best_score": round(ranked[0][1], 4), "identities": [self.identity(gid, s, view).as_dict() for gid, s in hits]}
+        return {"best_score": round(ranked[0][1], 4), "best_global_id": ranked[0][0],
+                "identities": [self.identity(gid, s, view).as_dict() for gid, s in hits]}
 
     def identity(self, gid: int, score: float, view: _GalleryView) -> Identity:
         """Every sighting (tracklet) of ``gid`` in the view, oldest first, with thumbnails."""
         records = sorted((r for r in view.records if r.global_id == gid), key=lambda r: r.start)
         thumbs = self.gallery.thumbnails([r.key for r in records])
+        origins = media_origins(self.client, self.cfg.pool.prefix)
         sightings = [
             Sighting(r.camera_id, r.track_id, r.start, r.end,
-                     base64.b64encode(thumbs[r.key]).decode() if r.key in thumbs else None)
+                     base64.b64encode(thumbs[r.key]).decode() if r.key in thumbs else None,
+                     media_position(origins.get(r.camera_id, []), r.start),
+                     media_position(origins.get(r.camera_id, []), r.end))
             for r in records
         ]
         return Identity(gid, score, sightings)

@@ -11,7 +11,11 @@ turns them into :class:`~selfreid.plugins.contracts.Frame` objects:
 * ``camera.roi``: frames keep their full size (boxes stay in full-frame pixels) and every pixel outside
   the ROI is set to 0, so a detector cannot find anything there and no caller needs to shift boxes;
   a ROI that misses the frame altogether fails the camera (state ``failed``, ``last_error`` says why);
-* frames above ``max_pixels`` are downscaled (or rejected, ``oversize: reject``) and counted.
+* frames above ``max_pixels`` are downscaled (or rejected, ``oversize: reject``) and counted;
+* timestamps: live sources give the **capture time** (wall clock); recorded media (files, image
+  folders, GStreamer with ``live: false``) give **media time**: the position in the recording plus
+  ``camera.start_time`` when configured, else plus the time ingest started (``media_origin``, kept
+  so that a position in the file can be shown beside the clock).
 
 Problems never escape ``frames()``: each kind is logged once at WARNING and counted in ``counters``.
 """
@@ -128,6 +132,7 @@ class BaseSource:
         self._stop = threading.Event()
         self._logged: set[str] = set()
         self._start_mono = time.monotonic()
+        self.media_origin: float | None = None  # Unix time of media time 0, once frames() started
 
     @property
     def state(self) -> str:
@@ -156,8 +161,13 @@ class BaseSource:
         """Seconds since ``frames()`` started: the media clock of live sources."""
         return time.monotonic() - self._start_mono
 
+    def _origin(self, start_wall: float) -> float:
+        """Unix time of media time 0: the recording's configured start, else when ingest started."""
+        start_time = getattr(self.camera, "start_time", None)
+        return start_time.timestamp() if start_time is not None and not self.live else start_wall
+
     def frames(self) -> Iterator[Frame]:
-        start_wall = time.time()
+        self.media_origin = origin = self._origin(time.time())
         self._start_mono = start_mono = time.monotonic()
         period = 1.0 / self.camera.target_fps if self.camera.target_fps else 0.0
         next_due = 0.0
@@ -190,7 +200,7 @@ class BaseSource:
             self.counters["frames"] += 1
             if not self.live:
                 self._state = SourceState.RUNNING
-            yield Frame(self.camera_id, index, start_wall + media_t, image)
+            yield Frame(self.camera_id, index, origin + media_t, image)
         if self._state != SourceState.FAILED:
             self._state = SourceState.FINISHED
 
@@ -225,10 +235,14 @@ class BaseSource:
         return image
 
     def _roi_in_frame(self, image: np.ndarray) -> bool:
-        """False, and the camera failed, when the ROI does not overlap the frame (all would be masked)."""
-        x1, y1 = self.roi[:2]  # type: ignore[index]
+        """False, and the camera failed, when the ROI does not overlap the frame (all would be masked);
+        a warning, once, when it overlaps only in part (people beyond the frame's edge cannot be seen)."""
+        x1, y1, x2, y2 = self.roi  # type: ignore[misc]
         h, w = image.shape[:2]
         if x1 < w and y1 < h:
+            if (x2 > w or y2 > h) and not self.counters["roi_clipped"]:
+                self.problem("roi_clipped", f"roi {self.roi} extends past the {w}x{h} frame; "
+                             f"only ({x1}, {y1}, {min(x2, w)}, {min(y2, h)}) is watched")
             return True
         self._state = SourceState.FAILED
         self.problem("roi_outside_frame", f"roi {self.roi} lies outside the {w}x{h} frame; fix camera.roi")

@@ -183,6 +183,7 @@ def cameras_run(shared_data, redis_server, tmp_path_factory) -> tuple[dict[str, 
             {"id": "corrupt", "uri": str(media["corrupt"])},
             {"id": "codec", "uri": str(media["codec"])},
             {"id": "missing", "uri": str(folder / "nowhere.mp4")},
+            {"id": "directory", "uri": str(folder)},
             {"id": "dead-rtsp", "source": "rtsp", "uri": f"rtsp://127.0.0.1:{free_port()}/live",
              "params": {**fast, "max_reconnects": 2}},
             {"id": "stalls", "source": "rtsp", "uri": stalling_url,
@@ -190,6 +191,7 @@ def cameras_run(shared_data, redis_server, tmp_path_factory) -> tuple[dict[str, 
             {"id": "frame-8k", "source": "images", "uri": str(media["8k"])},
             {"id": "frame-1x1", "source": "images", "uri": str(media["1x1"])},
             {"id": "roi-outside", "uri": str(media["clip"]), "roi": [2000, 0, 2100, 100]},
+            {"id": "roi-partly", "uri": str(media["clip"]), "roi": [600, 0, 1000, 576]},
         ]
         cfg = parse_config({
             "pool": {"prefix": f"{PREFIX}-cams", "params": {"retry_s": 0.05}},
@@ -224,6 +226,9 @@ def others_went_on(run: tuple[dict[str, CameraStats], dict[str, int]]) -> str:
         "the camera fails with an error naming the file; the other cameras go on")),
     pytest.param("missing", "nowhere.mp4", marks=bad_input(
         "camera file path that does not exist", "the camera fails with 'not found' and the path; the others go on")),
+    pytest.param("directory", "is a directory, not a video file", marks=bad_input(
+        "camera file path that is a directory",
+        "the camera fails saying it is a directory (not 'not found'); the others go on")),
     pytest.param("roi-outside", "roi", marks=bad_input(
         "ROI entirely outside the frame (x1=2000 on a 768-px frame)",
         "the camera fails saying the ROI misses the frame (instead of silently masking every pixel)")),
@@ -233,6 +238,15 @@ def test_a_camera_that_cannot_work_fails_alone(observe, cameras_run, camera: str
     observe(f"state {stats.state}, {stats.frames} frames: {stats.last_error}")
     assert stats.state == "failed" and stats.frames == 0 and named in stats.last_error
     observe(others_went_on(cameras_run))
+
+
+@bad_input("ROI partly outside the frame (x2=1000 on a 768-px frame)",
+           "a warning saying the ROI extends past the frame and which part is watched; the camera runs")
+def test_roi_partly_outside_the_frame(observe, cameras_run) -> None:
+    stats = cameras_run[0]["roi-partly"]
+    observe(f"state {stats.state}, {stats.frames} frames; warning: {stats.last_error}")
+    assert stats.state == "finished" and stats.frames == 8 and stats.source_counters.get("roi_clipped") == 1
+    assert "extends past the 768x576 frame" in stats.last_error and "(600, 0, 768, 576)" in stats.last_error
 
 
 @bad_input("truncated video file (cut in the middle)",
@@ -688,3 +702,233 @@ def _answers(port: int) -> bool:
         return raw_get(port, "/health")[0] == 200
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: options out of range, paths it cannot write, ids that never existed
+# ---------------------------------------------------------------------------------------------
+
+
+def numeric_options() -> list[tuple[list[str], str, Any, Any]]:
+    """``(command words, option, min, max)`` of every int/float parameter of every command."""
+    import typer
+
+    found = []
+
+    def walk(command: Any, words: list[str]) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*words, name])
+        for param in getattr(command, "params", []) if not hasattr(command, "commands") else []:
+            if param.bare_type() in (int, float):
+                found.append((words, param.opts[0], param.min, param.max))
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def _required_args(words: list[str], tmp_path: Path) -> list[str]:
+    """The other arguments a command needs before its options are even checked."""
+    image = tmp_path / "x.jpg"
+    image.write_bytes(jpeg(PERSON))
+    extra = {"health": ["api"], "search": [str(image)], "forget": [], "eval": ["--model", "m.pt", "--data", "d"]}
+    return extra.get(words[-1], [])
+
+
+@bad_input("a number option out of its range, for every bounded option of every command "
+           "(e.g. `eval --holdout-ids 0`, `search --top-k -1`, `api --port 70000`)",
+           "exit 2 with the usage error naming the option and the range, before any work; no traceback")
+def test_every_number_option_is_bounded(observe, tmp_path) -> None:
+    options = numeric_options()
+    unbounded = [f"{' '.join(w)} {opt}" for w, opt, low, high in options if low is None and high is None]
+    assert not unbounded, f"number options without a bound: {unbounded}"
+    seen = []
+    for words, option, low, high in options:
+        for value in [v for v in (low - 1 if low is not None else None, high + 1 if high is not None else None)
+                      if v is not None]:
+            args = [*words, *_required_args(words, tmp_path)]
+            args += [str(value)] if option.isidentifier() or not option.startswith("-") else [f"{option}={value}"]
+            code, output = cli(args)
+            assert code == 2 and "Invalid value" in output and "Traceback" not in output, (args, output)
+            seen.append(f"{' '.join(words)} {option}={value}")
+    observe(f"{len(seen)} out-of-range values, each exit 2 with 'Invalid value ...': {', '.join(seen)}")
+    assert len(seen) >= len(options)
+
+
+@bad_input("`selfreid eval --holdout-ids 0` (used to print mAP 0.0000 as a result)",
+           "exit 2: the option must be at least 1")
+def test_eval_holdout_zero(observe, shared_data) -> None:
+    code, output = cli(["eval", "--model", "none.pt", "--data", str(shared_data / "con-reid" / "bounding_box_train"),
+                        "--holdout-ids", "0"])
+    message = output[output.index("Invalid value"):] if "Invalid value" in output else output
+    observe(f"exit {code}: {message}")
+    assert code == 2 and "--holdout-ids" in message and "mAP" not in output
+
+
+def site(tmp_path: Path, text: str = "") -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\npool: {{prefix: {PREFIX}-cli}}\n{text}")
+    return path
+
+
+@pytest.mark.parametrize("args,option", [
+    pytest.param(["report", "--out"], "--out", id="report", marks=bad_input(
+        "`selfreid report --out` a folder (used to end in IsADirectoryError)",
+        "exit 2: '--out PATH is a folder', nothing written")),
+    pytest.param(["demo", "--report"], "--report", id="demo", marks=bad_input(
+        "`selfreid demo --report` a folder", "exit 2 before the demo starts: '--report PATH is a folder'")),
+    pytest.param(["train", "--data", ".", "--out"], "--out", id="train", marks=bad_input(
+        "`selfreid train --out` an existing file", "exit 2: '--out PATH is a file', the file is kept")),
+])
+def test_cli_output_path_that_cannot_be_written(observe, tmp_path, redis_server, args, option) -> None:
+    target = tmp_path / "target"
+    if args[0] == "train":
+        target.write_text("keep me")
+    else:
+        target.mkdir()
+    code, output = cli([*args, str(target), "-c", str(site(tmp_path))], env={"REDIS_URL": redis_server.url})
+    observe(f"exit {code}: {output}")
+    assert code == 2 and output.startswith(f"error: {option} {target} is a")
+    assert (target.read_text() == "keep me") if target.is_file() else not any(target.iterdir())
+
+
+@pytest.mark.parametrize("args,message", [
+    pytest.param(["config", "check", "{dir}"], "{dir} is a folder; give the site's YAML file", id="config", marks=bad_input(
+        "a folder given as the config file", "exit 2: 'PATH is a folder; give the site's YAML file'")),
+    pytest.param(["search", "{dir}"], "{dir} is a folder; give one image file", id="search", marks=bad_input(
+        "a folder given as the `selfreid search` image", "exit 2: 'PATH is a folder; give one image file'")),
+])
+def test_folder_where_a_file_is_expected(observe, tmp_path, args, message) -> None:
+    code, output = cli([a.replace("{dir}", str(tmp_path)) for a in args])
+    observe(f"exit {code}: {output}")
+    assert code == 2 and output.startswith(f"error: {message.replace('{dir}', str(tmp_path))}")
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["report", "--out", "{tmp}/r.html"], id="report"),
+    pytest.param(["models", "list"], id="models-list"),
+    pytest.param(["search", "{tmp}/x.jpg"], id="search"),
+    pytest.param(["run", "--duration", "1"], id="run"),
+])
+@bad_input("`data_dir` that cannot be created (a file lies on its path), embedded Redis",
+           "exit 2: 'data_dir PATH cannot be created: Not a directory'; no traceback")
+def test_data_dir_that_cannot_be_created(observe, tmp_path, args) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "x.jpg").write_bytes(jpeg(PERSON))
+    path = tmp_path / "site.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'file' / 'data'}\n")
+    code, output = cli([a.replace("{tmp}", str(tmp_path)) for a in args] + ["-c", str(path)])
+    observe(f"{args[0]}: exit {code}: {output}")
+    assert code == 2 and output.startswith(f"error: data_dir {tmp_path / 'file' / 'data'} cannot be created")
+
+
+@bad_input("`selfreid forget` of an id the site never assigned (used to look like a deletion)",
+           "exit 2: 'identity N was never assigned', nothing deleted; an id forgotten before still exits 0 "
+           "saying nothing is left")
+def test_forget_an_id_that_never_existed(observe, tmp_path, redis_server, redis_client) -> None:
+    from selfreid.plugins.matchers.gallery_store import GalleryStore
+
+    store = GalleryStore(redis_client, f"{PREFIX}-cli")
+    for _ in range(3):
+        store.next_global_id()
+    env = {"REDIS_URL": redis_server.url}
+    code_never, never = cli(["forget", "42", "--yes", "-c", str(site(tmp_path))], env=env)
+    code_gone, gone = cli(["forget", "3", "--yes", "-c", str(site(tmp_path))], env=env)
+    observe(f"id 42: exit {code_never}: {never}; id 3 (assigned, nothing left): exit {code_gone}: {gone}")
+    assert code_never == 2 and "identity 42 was never assigned" in never and "1 to 3" in never
+    assert code_gone == 0 and "nothing stored any more" in gone
+
+
+# ---------------------------------------------------------------------------------------------
+# Images whose header declares a huge size
+# ---------------------------------------------------------------------------------------------
+
+
+def huge_jpeg(width: int = 12_000, height: int = 12_000) -> bytes:
+    """A 1-KB JPEG whose header declares ``width`` x ``height`` pixels (a decompression bomb)."""
+    data = bytearray(jpeg(PERSON))
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length(2) precision(1) height(2) width(2)
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("side", [
+    pytest.param(12_000, id="144MP", marks=bad_input(
+        "query image of 1 KB declaring 12000x12000 pixels (decompression bomb), API",
+        "413 naming the size and api.max_image_pixels, from the header: memory does not grow")),
+    pytest.param(60_000, id="3.6GP", marks=bad_input(
+        "query image of 1 KB declaring 60000x60000 pixels (beyond what Pillow reads at all), API",
+        "413 naming the pixel count and api.max_image_pixels")),
+])
+def test_api_refuses_a_huge_image_before_decoding(observe, api, side: int) -> None:
+    import resource
+
+    bomb = huge_jpeg(side, side)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    resp = api.post("/search", content=bomb, headers={"Content-Type": "image/jpeg"})
+    grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    detail = resp.json()["detail"]
+    observe(f"{len(bomb)}-byte upload: {resp.status_code}: {detail}; peak memory grew {grew_mb:.0f} MB")
+    assert resp.status_code == 413 and f"{side * side:,} pixels, over the limit of 50,000,000 (api.max_image_pixels)" in detail
+    assert grew_mb < 200
+
+
+@bad_input("`selfreid search` on an image file declaring 12000x12000 pixels",
+           "exit 2: one line naming the size and api.max_image_pixels; nothing decoded")
+def test_cli_search_refuses_a_huge_image(observe, tmp_path, redis_server) -> None:
+    image = tmp_path / "bomb.jpg"
+    image.write_bytes(huge_jpeg())
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    path = site(tmp_path, f"embedder: {{params: {{model: {model}}}}}\n")
+    code, output = cli(["search", str(image), "-c", str(path)], env={"REDIS_URL": redis_server.url})
+    observe(f"exit {code}: {output}")
+    assert code == 2 and output.startswith(f"error: {image}: the image is 12000x12000") and "max_image_pixels" in output
+
+
+# ---------------------------------------------------------------------------------------------
+# The API's start: a port already in use, a Redis that refuses the password
+# ---------------------------------------------------------------------------------------------
+
+
+@bad_input("`selfreid api` on a port already in use (used to exit 0)",
+           "exit 2: 'cannot listen on HOST:PORT: Address already in use'")
+def test_api_port_in_use(observe, tmp_path, redis_server) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = cli(["api", "-c", str(site(tmp_path)), "--port", str(port)], env={"REDIS_URL": redis_server.url})
+    observe(f"exit {code}: {output}")
+    assert code == 2 and f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in output
+
+
+@bad_input("`selfreid run`'s api stage on a port already in use",
+           "the api stage process exits 1 (the run shows it crashed), its log says why")
+def test_run_api_stage_port_in_use(observe, tmp_path, redis_server) -> None:
+    import multiprocessing as mp
+
+    from selfreid.pipeline.orchestration.run import STAGES, RunOptions, _start
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = parse_config({"data_dir": str(tmp_path), "pool": {"prefix": f"{PREFIX}-run"},
+                            "api": {"port": taken.getsockname()[1]}})
+        stage = _start(mp.get_context("spawn"), next(s for s in STAGES if s.name == "api"), cfg, redis_server.url,
+                       RunOptions())
+        stage.process.join(120)
+    error = next((line for line in stage.log_tail(40).splitlines() if "ApiError: cannot listen" in line), "")
+    observe(f"api stage: {stage.state}; log: {error.split(': ', 1)[-1]}")
+    assert stage.state == "crashed (1)" and "Address already in use" in error
+
+
+@bad_input("`selfreid api` with a Redis that refuses the password (REDIS_URL)",
+           "exit 2 at once, saying Redis refused the password (no endless retry), the password not shown")
+def test_api_redis_wrong_password(observe, tmp_path, own_redis) -> None:
+    server, admin = own_redis
+    admin.config_set("requirepass", "right-one")
+    started = time.monotonic()
+    code, output = cli(["api", "-c", str(site(tmp_path)), "--port", str(free_port())],
+                       env={"REDIS_URL": f"{server.url}?password=wrong-one"})
+    observe(f"exit {code} after {time.monotonic() - started:.1f} s: {output}")
+    assert code == 2 and "refused the password" in output and "wrong-one" not in output
+    admin.auth("right-one")
