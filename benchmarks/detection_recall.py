@@ -38,6 +38,7 @@ def main() -> None:
     args = parse_args()
     limit_threads(args.threads)
     import numpy as np
+
     from selfreid.pipeline.config import CameraConfig
     from selfreid.pipeline.evaluation.detection import detection_recall, load_mot_gt
     from selfreid.plugins import registry

@@ -21,11 +21,12 @@ and no stage crash. The time series goes into the JSON and its plot into ``docs/
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,11 @@ class SoakOptions:
     exact_trim: bool = False  # True: streams never exceed max_len_per_camera (default: up to one node more)
     match_max_age_s: float = 600.0
     stages: tuple[str, ...] = STAGES
+    cameras: tuple[dict[str, Any], ...] = ()  # () = the four soak cameras of :func:`cameras`
+    detector_params: dict[str, Any] = field(default_factory=dict)
+    embedder_params: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"  # ingest.device (the detector's)
+    crops: dict[str, Any] = field(default_factory=dict)  # merged into ingest.crops (the crop policy)
 
 
 @dataclass
@@ -102,12 +108,14 @@ def write_config(data: Path, data_dir: Path, opts: SoakOptions) -> Path:
     raw["redis"]["url"] = None
     raw["pool"]["params"] |= {"max_len_per_camera": opts.max_len_per_camera, "exact_trim": opts.exact_trim}
     raw["ingest"] |= {
-        "cameras": cameras(data, opts.stride),
-        "detector": {"plugin": opts.detector, "params": {}},
-        "device": "cpu",
+        "cameras": list(opts.cameras) or cameras(data, opts.stride),
+        "detector": {"plugin": opts.detector, "params": dict(opts.detector_params)},
+        "device": opts.device,
         "metrics_port": None,
     }
+    raw["ingest"]["crops"] = raw["ingest"].get("crops", {}) | opts.crops
     raw["embedder"]["stream_maxlen"] = max(100, 4 * opts.max_len_per_camera)
+    raw["embedder"]["params"] = raw["embedder"].get("params", {}) | opts.embedder_params
     raw["matcher"] = {
         "prune_every_s": min(60.0, opts.match_max_age_s / 4),
         "matcher": {"params": {"max_age_s": opts.match_max_age_s, "events_maxlen": 1000}},
@@ -127,6 +135,15 @@ def rss_mb(pid: int | None) -> float | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds ``pid`` has used (all its threads), None once it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def stage_counters(status: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -153,11 +170,15 @@ def take_sample(sup: Any, t_s: float, redis_pid: int) -> Sample:
 
     client = sup.client
     pids = {name: stage.process.pid for name, stage in sup.running.items() if name in STAGES}
+    pids |= {"redis": redis_pid}
     return {
         "t_s": round(t_s, 1),
-        "rss_mb": {name: rss_mb(pid) for name, pid in {**pids, "redis": redis_pid}.items()},
+        "pids": pids,
+        "cpu_s": {name: cpu_seconds(pid) for name, pid in pids.items()},
+        "rss_mb": {name: rss_mb(pid) for name, pid in pids.items()},
         "pool_len": {cam: int(client.xlen(sup.pool.stream_key(cam))) for cam in sup.pool.cameras()},
         "redis_used_mb": int(client.info("memory")["used_memory"]) / MB,
+        "redis_calls": sum(int(c["calls"]) for c in client.info("commandstats").values()),
         "embeddings_len": int(client.xlen(sup.embeddings_key)),
         "backlog": {spec.name: sup.backlog(spec) for spec in sup.specs if spec.drains},
         "counters": stage_counters(read_status(client, sup.cfg.pool.prefix)),

@@ -5,6 +5,8 @@ is a class that satisfies the stage's Protocol; it may declare a nested pydantic
 ``Settings`` model, which validates the ``params`` mapping given in YAML before the
 class is constructed as ``cls(settings, **dependencies)``.
 
+The Protocol is the whole contract: :func:`create` checks the instance against it and names every
+member it lacks (the stage's base class in :mod:`~selfreid.plugins.contracts` gives the optional ones).
 A third-party package adds a detector with one entry point in its own ``pyproject.toml``::
 
     [project.entry-points."selfreid.detectors"]
@@ -23,7 +25,10 @@ from pydantic import BaseModel, ValidationError
 
 from selfreid.plugins import contracts
 
-__all__ = ["KINDS", "PluginError", "PluginInfo", "available", "load", "create", "validate_params"]
+__all__ = [
+    "KINDS", "PluginError", "PluginInfo", "available", "load", "create", "validate_params",
+    "protocol_members",
+]
 
 KINDS: dict[str, type] = {
     "sources": contracts.Source,
@@ -129,5 +134,16 @@ def create(kind: str, name: str, params: dict[str, Any] | None = None, where: st
         raise PluginError(f"{where}: {exc}") from exc
     protocol = KINDS[kind]
     if not isinstance(instance, protocol):
-        raise PluginError(f"plugin {kind}/{name} does not implement {protocol.__name__}")
+        missing = [m for m in protocol_members(protocol) if not hasattr(instance, m)]
+        raise PluginError(
+            f"plugin {kind}/{name} does not implement {protocol.__name__}: it lacks {', '.join(missing)} "
+            f"(see selfreid.plugins.contracts.{protocol.__name__})"
+        )
     return instance
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The members a plugin of ``protocol`` must have: its attributes, properties and methods."""
+    names = set(vars(protocol).get("__annotations__", {}))
+    names |= {n for n, v in vars(protocol).items() if callable(v) or isinstance(v, property)}
+    return sorted(n for n in names if not n.startswith("_") or n == "__len__")

@@ -1,7 +1,16 @@
-"""Retention and erasure on Redis Streams, shared by the crop pool, the embeddings and the events.
+"""Retention and erasure on Redis Streams, shared by the crop pool, the embeddings and the events,
+and the hash-tag rule that lets all of them run on a Redis Cluster.
 
 Stream ids are the Redis server's clock (milliseconds) when an entry was added, so "older than
 ``max_age_s``" is decided on the server's clock, never on a client's.
+
+**Redis Cluster.** A cluster runs a multi-key command (``XREADGROUP`` over every camera stream) or a
+transaction (the embedder stores embeddings and acknowledges their crops in one ``MULTI``) only when
+all its keys hash to one slot. Every key of a site starts with the site prefix, so a prefix that
+holds a hash tag (``{site1}``) puts the whole site - camera streams, their consumer groups, the
+embeddings, the gallery - in one slot: every command works unchanged, and a cluster then spreads
+sites (and replicas for fail-over) over its masters. :func:`require_hash_tag` refuses an untagged
+prefix on a cluster client, before any command fails with ``CROSSSLOT``.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import redis
 
 from selfreid.plugins.codec import as_text
 
-__all__ = ["server_ms", "expire", "erase"]
+__all__ = ["server_ms", "expire", "erase", "hash_tag", "require_hash_tag"]
 
 Fields = dict[bytes, bytes]
 
@@ -41,3 +50,20 @@ def erase(client: redis.Redis, key: str, select: Callable[[bytes, Fields], bool]
             removed += int(client.xdel(key, *doomed))
         start = f"({as_text(entries[-1][0])}"
     return removed
+
+
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` a Redis Cluster hashes when it has one: the text between the first ``{`` and
+    the next ``}``, if not empty (``"{site1}:pool:cam1"`` -> ``"site1"``); ``None`` = the whole key."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1 : end] if end > start + 1 else None
+
+
+def require_hash_tag(client: redis.Redis, prefix: str) -> None:
+    """On a cluster client, ValueError unless every key under ``prefix`` shares one hash tag."""
+    if isinstance(client, redis.RedisCluster) and hash_tag(prefix) is None:
+        raise ValueError(
+            f"on a Redis Cluster a site's keys must share one hash slot: set pool.prefix to a hash tag "
+            f"such as '{{{prefix}}}' (got {prefix!r})"
+        )

@@ -7,11 +7,19 @@ seed default to the seed's behaviour, so an empty config is the faithful method.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ModelConfig", "AugmentConfig", "SCLConfig", "OptimConfig", "TrainConfig"]
+__all__ = [
+    "ModelConfig",
+    "AugmentConfig",
+    "SCLConfig",
+    "SiteConfig",
+    "InterpolationConfig",
+    "OptimConfig",
+    "TrainConfig",
+]
 
 
 class _Frozen(BaseModel):
@@ -79,6 +87,42 @@ class SCLConfig(_Frozen):
     )
 
 
+class SiteConfig(_Frozen):
+    """Site mode (``train.mode: site``): selection that uses the pool's tracklets, cameras and times.
+
+    Positives are time-separated crops of the anchor's own tracklet first, then nearest neighbours
+    that are not cannot-link; crops of tracklets that one camera sees at the same time are
+    guaranteed negatives; the rank window (``scl.negatives``) is corrected for the anchor's own
+    identity hiding in it when the pool holds few people (``window``)."""
+
+    min_separation_s: float = Field(
+        1.0, ge=0, description="Same-tracklet crops closer in time than this are near-duplicates: neither positive nor negative."
+    )
+    cannot_link_negatives: int = Field(
+        32, ge=0, description="Columns for guaranteed negatives (co-occurring tracklets, hardest first; masked when fewer)."
+    )
+    window: Literal["seed", "debiased", "skip"] = Field(
+        "debiased",
+        description="Rank-window negatives: 'seed' = as they are; 'debiased' = Chuang et al. 2020's estimator "
+        "with the expected count of the anchor's own crops in the window; 'skip' = the window starts that many ranks later.",
+    )
+    identities: int | None = Field(
+        None, ge=1, description="People in the pool for the window correction; None = tracklets / cameras."
+    )
+
+
+class InterpolationConfig(_Frozen):
+    """Conservative update after training (WiSE-FT): ``theta = (1-a) parent + a child``, with ``a``
+    chosen label-free by the association calibration's separation on the pool. Off = seed."""
+
+    enabled: bool = False
+    alphas: tuple[Annotated[float, Field(ge=0, le=1)], ...] = Field(
+        (0.25, 0.5, 0.75, 1.0), min_length=1, description="Candidates for a (1 = child)."
+    )
+    max_crops: int = Field(2000, ge=10, description="Pool crops (whole tracklets) embedded per candidate.")
+    min_gap_s: float = Field(1.0, ge=0, description="Seconds between the two halves of a tracklet (calibration).")
+
+
 class OptimConfig(_Frozen):
     """SGD with Nesterov momentum at a constant LR (the seed's milestone 200 is never reached)."""
 
@@ -91,8 +135,13 @@ class OptimConfig(_Frozen):
 class TrainConfig(_Frozen):
     """Everything ``selfreid train`` needs besides the data."""
 
+    mode: Literal["scl", "site"] = Field(
+        "scl", description="'scl' = the seed's selection; 'site' = tracklet/co-occurrence-aware selection (train.site)."
+    )
     model: ModelConfig = ModelConfig()
     scl: SCLConfig = SCLConfig()
+    site: SiteConfig = SiteConfig()
+    interpolation: InterpolationConfig = InterpolationConfig()
     optim: OptimConfig = OptimConfig()
     augment: AugmentConfig = AugmentConfig()
     epochs: int = Field(50, ge=1)

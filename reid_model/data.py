@@ -2,8 +2,9 @@
 
 Every dataset yields ``(image_tensor, index)``: the index is the crop's memory-bank slot.
 ``camera_ids`` (int tensor), optional ``groups`` (e.g. ``"cam3/track17"``; crops sharing a key
-come from one tracklet) and, for files, ``frames`` are metadata a real pool also has; identity
-labels are never part of a training dataset.
+come from one tracklet), optional ``times`` (seconds; site mode tells co-occurring tracklets by
+them) and, for files, ``frames`` are metadata a real pool also has; identity labels are never part
+of a training dataset.
 """
 
 from __future__ import annotations
@@ -75,11 +76,18 @@ def read_market(folder: str | Path) -> list[MarketItem]:
 class CropDataset(torch.utils.data.Dataset):
     """Base class: subclasses implement :meth:`image` (an RGB PIL image)."""
 
-    def __init__(self, camera_ids: Sequence[int], groups: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        camera_ids: Sequence[int],
+        groups: Sequence[str] | None = None,
+        times: Sequence[float] | None = None,
+    ) -> None:
         self.camera_ids = torch.as_tensor(list(camera_ids), dtype=torch.long)
-        if groups is not None and len(groups) != len(self.camera_ids):
-            raise DataError(f"{len(groups)} group keys for {len(self.camera_ids)} crops")
+        for name, values in (("group keys", groups), ("times", times)):
+            if values is not None and len(values) != len(self.camera_ids):
+                raise DataError(f"{len(values)} {name} for {len(self.camera_ids)} crops")
         self.groups = list(groups) if groups is not None else None
+        self.times = torch.as_tensor(list(times), dtype=torch.float64) if times is not None else None
         self.transform: Callable[[Image.Image], torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -112,8 +120,9 @@ class FileCropDataset(CropDataset):
         camera_ids: Sequence[int],
         groups: Sequence[str] | None = None,
         frames: Sequence[int] | None = None,
+        times: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(camera_ids, groups)
+        super().__init__(camera_ids, groups, times)
         self.paths = [Path(p) for p in paths]
         self.frames = list(frames) if frames is not None else None
 
@@ -126,11 +135,15 @@ class ArrayCropDataset(CropDataset):
     """Crops held in memory as uint8 BGR (or grayscale) numpy arrays, as the pool delivers them."""
 
     def __init__(
-        self, images: Sequence[np.ndarray], camera_ids: Sequence[int], groups: Sequence[str] | None = None
+        self,
+        images: Sequence[np.ndarray],
+        camera_ids: Sequence[int],
+        groups: Sequence[str] | None = None,
+        times: Sequence[float] | None = None,
     ) -> None:
         if len(images) != len(camera_ids):
             raise DataError(f"{len(images)} images but {len(camera_ids)} camera ids")
-        super().__init__(camera_ids, groups)
+        super().__init__(camera_ids, groups, times)
         self.images = list(images)
 
     def image(self, index: int) -> Image.Image:

@@ -7,8 +7,10 @@ warm-up the positive is the anchor itself and the negatives are P+K random slots
 The result is an index matrix ``[B, 1+P+K]``: column 0 is the anchor's own slot, columns 1..P the
 positives, the rest the negatives; the loss and the mixture-bank update read it.
 
-Tracklet-aware positives (an improvement, off by default): slots sharing the anchor's group key
-rank before every other slot as positives and are never negatives.
+Pool structure (off by default): :class:`Constraints` masks make must-link slots (the anchor's
+tracklet: ``scl.tracklet_positives``, or site mode's time-separated same-tracklet crops) rank before
+every other slot as positives and never be negatives; in site mode cannot-link slots (co-occurring
+tracklets) are never positives and fill their own guaranteed-negative columns.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 
 __all__ = [
     "Selection",
+    "Constraints",
+    "group_constraints",
     "pairwise_distance",
     "select_neighbours",
     "select_warmup",
@@ -29,19 +33,42 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Selection:
-    """``index`` ``[B, 1+P+K]`` slots (self, positives, negatives) and ``positives`` = P."""
+    """``index`` ``[B, 1+P+K]`` slots (self, positives, negatives) and ``positives`` = P.
+
+    Site mode adds ``guaranteed`` columns right after the positives (cannot-link negatives) and
+    ``valid`` ``[B, 1+P+K]`` (False marks padding in those columns; the loss ignores it)."""
 
     index: torch.Tensor
     positives: int
+    guaranteed: int = 0
+    valid: torch.Tensor | None = None
 
     @property
     def positive_index(self) -> torch.Tensor:
         """``[B, 1+P]``: self and the positives (the slots the mixture bank pulls)."""
         return self.index[:, : 1 + self.positives]
 
+    @property
+    def window_start(self) -> int:
+        """First column of the rank-window negatives."""
+        return 1 + self.positives + self.guaranteed
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Pair masks ``[B, N]`` for a batch of anchors (see :mod:`selfreid.reid_model.structure`).
+
+    ``must_link`` slots rank first as positives and are never negatives; ``ignore`` slots are
+    neither; ``cannot_link`` slots are never positives and the nearest of them fill the guaranteed
+    negative columns."""
+
+    must_link: torch.Tensor | None = None
+    ignore: torch.Tensor | None = None
+    cannot_link: torch.Tensor | None = None
+
 
 _GROUP_FIRST = 1e6
-"""Subtracted from same-group distances (which are at most 4 + lambda_c) so they rank first."""
+"""Subtracted from must-link distances (which are at most 4 + lambda_c) so they rank first."""
 
 
 def effective_counts(positives: int, negatives: int, size: int) -> tuple[int, int]:
@@ -76,32 +103,67 @@ def pairwise_distance(
     return d
 
 
+def group_constraints(groups: torch.Tensor, index: torch.Tensor) -> Constraints:
+    """``scl.tracklet_positives``: slots sharing the anchor's group code (``-1`` = none) are must-link."""
+    same = (groups[index][:, None] == groups[None, :]) & (groups[index][:, None] >= 0)
+    same[torch.arange(len(index), device=index.device), index] = False
+    return Constraints(must_link=same)
+
+
+def _nearest(key: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` smallest entries per row: ``(indices, finite)``."""
+    values, idx = torch.topk(key, count, dim=1, largest=False)
+    return idx, torch.isfinite(values)
+
+
 def select_neighbours(
     dist: torch.Tensor,
     index: torch.Tensor,
     positives: int,
     negatives: int,
-    groups: torch.Tensor | None = None,
+    constraints: Constraints | None = None,
+    guaranteed: int = 0,
+    skip: int = 0,
 ) -> Selection:
     """P nearest as positives, the next K as negatives; ``index`` ``[B]`` are the anchors' own slots.
-    ``groups`` ``[N]`` (codes, -1 = none) enables tracklet-aware positives."""
-    size = dist.shape[1]
+
+    With ``constraints``: must-link slots rank first as positives, cannot-link slots are never
+    positives and the ``guaranteed`` nearest of them take their own columns (as many as the best-off
+    row has; padded with the anchor's slot, marked invalid, in rows with fewer); ``skip`` drops that many ranks before the window.
+    P and K shrink when some row has too few candidates."""
+    c = constraints or Constraints()
     rows = torch.arange(len(index), device=dist.device)
     excluded = torch.zeros_like(dist, dtype=torch.bool)
     excluded[rows, index] = True
+    if c.ignore is not None:
+        excluded |= c.ignore
     rank_key = dist.masked_fill(excluded, float("inf"))
-    if groups is not None:
-        same = (groups[index][:, None] == groups[None, :]) & (groups[index][:, None] >= 0) & ~excluded
-        # Same-tracklet slots first (ordered by distance among themselves), then the rest by distance.
-        rank_key = torch.where(same, rank_key - _GROUP_FIRST, rank_key)
-        excluded = excluded | same
-    p, k = effective_counts(positives, negatives, size)
-    pos = torch.topk(rank_key, p, dim=1, largest=False).indices
+    if c.must_link is not None:
+        rank_key = torch.where(c.must_link, rank_key - _GROUP_FIRST, rank_key)
+        excluded = excluded | c.must_link
+    if c.cannot_link is not None:
+        rank_key = rank_key.masked_fill(c.cannot_link, float("inf"))
+    p, k = effective_counts(positives, negatives, dist.shape[1])
+    p = min(p, int(torch.isfinite(rank_key).sum(1).min()))
+    pos, _ = _nearest(rank_key, p)
     excluded[rows[:, None], pos] = True
-    if groups is not None:
-        k = min(k, int((~excluded).sum(1).min()))
-    neg = torch.topk(dist.masked_fill(excluded, float("inf")), k, dim=1, largest=False).indices
-    return Selection(torch.cat([index[:, None], pos, neg], dim=1), p)
+    columns, valid = [index[:, None], pos], [torch.ones(len(index), 1 + p, dtype=torch.bool, device=dist.device)]
+    candidates = c.cannot_link & ~excluded if c.cannot_link is not None else torch.zeros_like(excluded)
+    guaranteed = min(guaranteed, int(candidates.sum(1).max()))
+    if guaranteed:
+        neg_cl, ok = _nearest(dist.masked_fill(~candidates, float("inf")), guaranteed)
+        neg_cl = torch.where(ok, neg_cl, index[:, None])
+        excluded[rows[:, None], neg_cl] = True
+        columns.append(neg_cl)
+        valid.append(ok)
+    available = int((~excluded).sum(1).min())
+    skip = min(skip, available)
+    k = min(k, available - skip)
+    window, _ = _nearest(dist.masked_fill(excluded, float("inf")), skip + k)
+    columns.append(window[:, skip:])
+    valid.append(torch.ones(len(index), k, dtype=torch.bool, device=dist.device))
+    mask = torch.cat(valid, dim=1)
+    return Selection(torch.cat(columns, dim=1), p, guaranteed, None if bool(mask.all()) else mask)
 
 
 def select_warmup(

@@ -35,11 +35,13 @@ from selfreid.reid_model.model import ReIDModel, build_model
 from selfreid.reid_model.selection import (
     Selection,
     effective_counts,
+    group_constraints,
     pairwise_distance,
     scaled_counts,
     select_neighbours,
     select_warmup,
 )
+from selfreid.reid_model.structure import PoolStructure, hidden_positives, pool_structure
 from selfreid.reid_model.transforms import build_transform, input_spec
 
 __all__ = ["SCLTrainer", "FitResult", "resolve_device", "save_checkpoint", "load_model"]
@@ -136,8 +138,28 @@ class SCLTrainer:
         s = self.cfg.scl
         counts = scaled_counts if s.scale_with_pool else (lambda p, k, n, c: effective_counts(p, k, n))
         self.P, self.K = counts(s.positives, s.negatives, len(dataset), len(torch.unique(dataset.camera_ids)))
+        self.structure, self.hidden, self.skip = self._site_setup(dataset)
         self.select_gen = torch.Generator().manual_seed(self.cfg.seed + 17)
         self.spec = input_spec(self.cfg.model)
+
+    def _site_setup(self, dataset: CropDataset) -> tuple[PoolStructure | None, float, int]:
+        """Site mode: the pool's structure and the window correction (expected own-identity crops
+        among the window's negatives, from the label-free identity estimate)."""
+        if self.cfg.mode != "site":
+            return None, 0.0, 0
+        site = self.cfg.site
+        groups = dataset.group_ids()
+        if groups is None:
+            groups = torch.full((len(dataset),), -1, dtype=torch.long)
+        structure = pool_structure(groups, dataset.camera_ids, dataset.times, site.min_separation_s)
+        identities = site.identities or structure.estimated_identities()
+        hidden = hidden_positives(len(dataset), identities, self.P)
+        self.site_info = {"tracklets": structure.tracklets, "identities": identities, "hidden": round(hidden, 2)}
+        if site.window == "seed":
+            return structure.to(self.device), 0.0, 0
+        if site.window == "skip":
+            return structure.to(self.device), 0.0, round(hidden)
+        return structure.to(self.device), hidden, 0
 
     def _autocast(self):
         if self.cuda and self.cfg.amp:
@@ -212,7 +234,12 @@ class SCLTrainer:
             self.cams[idx],
             self.cams,
         )
-        return select_neighbours(dist, idx, self.P, self.K, self.groups)
+        if self.structure is not None:
+            constraints = self.structure.constraints(idx)
+            guaranteed = self.cfg.site.cannot_link_negatives
+            return select_neighbours(dist, idx, self.P, self.K, constraints, guaranteed, self.skip)
+        constraints = group_constraints(self.groups, idx) if self.groups is not None else None
+        return select_neighbours(dist, idx, self.P, self.K, constraints)
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, epoch: int) -> tuple[float, Selection]:
         """One optimisation step; returns the loss and the selection used."""
@@ -220,7 +247,7 @@ class SCLTrainer:
         with self._autocast():
             g, l = self.model(self._to_device(x))
         selection = self.select(g, l, idx, epoch)
-        loss = scl_loss(g, l, self.banks.M, selection, self.cfg.scl)
+        loss = scl_loss(g, l, self.banks.M, selection, self.cfg.scl, self.hidden)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -296,6 +323,8 @@ class SCLTrainer:
             "warmup": epoch < self.cfg.scl.warmup_epochs,
             "P": self.P,
             "K": self.K,
+            "mode": self.cfg.mode,
+            **(self.site_info if self.structure is not None else {}),
             "steps": len(losses),
             "seconds": round(time.monotonic() - t0, 2),
             "loss_curve": loss_curve(losses),

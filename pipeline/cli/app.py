@@ -6,8 +6,6 @@ with one line; the work itself lives in the stage packages, which never import t
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from selfreid.pipeline.cli import config, ingest, models, run, serving, train
@@ -51,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

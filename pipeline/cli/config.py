@@ -22,7 +22,7 @@ def config_show(config: ConfigOption = None) -> None:
     """Print the fully resolved configuration (defaults filled in, env overrides applied) as YAML."""
     import yaml
 
-    cfg = load_or_fail(config)
+    cfg = load_or_fail(config, data_dir=False)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
@@ -31,7 +31,7 @@ def config_check(config: Annotated[Path, typer.Argument(help="Site YAML to valid
     """Validate a config file, including every selected plugin's params (imports the plugins)."""
     from selfreid.plugins import registry
 
-    cfg = load_or_fail(config)
+    cfg = load_or_fail(config, data_dir=False)
     choices = {
         "pool": ("pools", cfg.pool),
         "ingest.detector": ("detectors", cfg.ingest.detector),
@@ -68,7 +68,7 @@ def doctor_command(config: ConfigOption = None) -> None:
     GStreamer and which weights are available offline."""
     from selfreid.pipeline.runtime.doctor import run_checks
 
-    cfg = load_or_fail(config)
+    cfg = load_or_fail(config, data_dir=False)
     table = Table(title="selfreid doctor")
     for column in ("check", "status", "detail"):
         table.add_column(column)

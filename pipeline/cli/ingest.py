@@ -8,17 +8,23 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
 from selfreid.pipeline.cli.common import console, fail, load_or_fail
+
+if TYPE_CHECKING:
+    from rich.console import Group
+
+    from selfreid.pipeline.ingest.service import CameraStats, PoolStats
 
 __all__ = ["ingest_command", "status_table"]
 
 log = logging.getLogger(__name__)
 
 
-def status_table(stats: dict, pool, title: str = "selfreid ingest"):  # -> rich renderable
+def status_table(stats: dict[str, CameraStats], pool: PoolStats, title: str = "selfreid ingest") -> Group:
     """One row per camera (state, fps, counters), the pool's state, then each camera's last problem."""
     from rich.console import Group
     from rich.table import Table
@@ -67,7 +73,7 @@ def ingest_command(
         Path, typer.Option("--config", "-c", help="Site YAML with ingest.cameras (see configs/).")
     ],
     max_frames: Annotated[
-        Optional[int],
+        int | None,
         typer.Option("--max-frames", min=1, help="Stop each camera after this many processed frames."),
     ] = None,
 ) -> None:
@@ -79,13 +85,14 @@ def ingest_command(
     """
     import redis
     from rich.live import Live
+    from rich.text import Text
 
+    from selfreid.pipeline.config.redis import redact_url
     from selfreid.pipeline.ingest.service import run_ingest
     from selfreid.pipeline.orchestration.run import resolve_sample_data
-    from selfreid.pipeline.config.redis import redact_url
-    from selfreid.pipeline.runtime.redis_conn import redis_endpoint
+    from selfreid.pipeline.runtime.redis_conn import ping, redis_endpoint
     from selfreid.pipeline.runtime.signals import stop_on_signals
-    from selfreid.pipeline.runtime.redis_conn import ping
+    from selfreid.pipeline.runtime.status import stage_startup
     from selfreid.plugins.registry import PluginError
 
     cfg = resolve_sample_data(load_or_fail(config))
@@ -99,7 +106,8 @@ def ingest_command(
             console.print(
                 f"[yellow]warning:[/] Redis at {redact_url(url)} does not answer ({problem}); {held}", highlight=False
             )
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
+        starting = Text(f"starting: {stage_startup('ingest', cfg)} ...", style="yellow")
+        with Live(starting, console=console, refresh_per_second=4, transient=False) as live:
             try:
                 stats = run_ingest(
                     cfg, url, stop, max_frames, on_status=lambda s, p: live.update(status_table(s, p))

@@ -14,12 +14,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
 from selfreid.pipeline.cli.common import ConfigOption, console, fail, load_or_fail
 
 __all__ = ["models_app", "train_service_command"]
+
+PIPE_WIDTH = 200  # `models list` into a pipe or file: wide enough that no number is folded
 
 models_app = typer.Typer(
     help="The model registry: what serves now, every trained version, promotion and rollback.",
@@ -80,7 +83,9 @@ def _announce(version, action: str) -> None:
 
 @models_app.command("list")
 def list_command(config: ConfigOption = None) -> None:
-    """Every registered version with its status, parent, parity and gate verdict."""
+    """Every registered version with its status, parent, parity, association calibration (the match
+    threshold fitted label-free on the pool, and d', how well it separates same-tracklet halves from
+    co-occurring tracklets) and gate verdict."""
     from rich.console import Console
     from rich.table import Table
 
@@ -91,14 +96,19 @@ def list_command(config: ConfigOption = None) -> None:
         console.print(f"no model in {registry.root} yet: `selfreid models init` serves the pretrained backbone as version 1")
         return
     table = Table(title=f"models in {registry.root}")
-    for column in ("version", "status", "parent", "created", "dim", "parity", "gate"):
-        table.add_column(column)
+    for column in ("version", "status", "parent", "created", "dim", "parity", "threshold", "separation"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("gate", overflow="fold")
     for v in versions:
         parity = (v.manifest.get("metrics") or {}).get("parity", {}).get("model.onnx")
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(v.manifest["created"]))
+        cal = v.calibration
         table.add_row(v.version, v.status, v.parent or "-", created, str(v.embedding_dim),
-                      f"{parity:.6f}" if parity is not None else "-", v.gate.get("reason", "-"))
-    Console().print(table)
+                      f"{parity:.6f}" if parity is not None else "-",
+                      f"{cal.threshold:.3f}" if cal else "- (default)", f"{cal.separation:.2f}" if cal else "-",
+                      v.gate.get("reason", "-"))
+    out = Console()
+    (out if out.is_terminal else Console(width=PIPE_WIDTH)).print(table)
 
 
 @models_app.command("promote")
@@ -129,17 +139,18 @@ def _parity_crops(cfg, registry, folder: Path | None, count: int) -> list:
         fail(f"--crops: {exc}")
 
 
-CropsOpt = Annotated[Optional[Path], typer.Option("--crops", help="Person crops for the parity check (default: the pool).")]
+CropsOpt = Annotated[Path | None, typer.Option("--crops", help="Person crops for the parity check (default: the pool).")]
 
 
 @models_app.command("export")
 def export_command(
     config: ConfigOption = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Trained .pt (default: production's).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Trained .pt (default: production's).")] = None,
     crops: CropsOpt = None,
     promote: Annotated[bool, typer.Option("--promote", help="Serve it right away (no gate).")] = False,
 ) -> None:
     """Export a checkpoint to ONNX (parity-checked) as a new registry version."""
+    from selfreid.pipeline.training.bootstrap import pool_calibrator
     from selfreid.pipeline.training.registry import register_checkpoint
 
     with _registry(config) as (cfg, registry):
@@ -149,7 +160,8 @@ def export_command(
             fail("no --checkpoint given and no production model with a checkpoint")
         images = _parity_crops(cfg, registry, crops, cfg.export.parity_crops)
         version = register_checkpoint(registry, source, cfg.export, images,
-                                      parent=production.version if production else None)
+                                      parent=production.version if production else None,
+                                      calibrate=pool_calibrator(cfg, registry.client))
         _announce(version, "registered")
         if promote:
             _announce(registry.promote(version.version), "promoted")

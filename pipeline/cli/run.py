@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from selfreid.pipeline.cli.common import console, fail, load_or_fail
+from selfreid.pipeline.cli.common import console, fail, load_or_fail, output_file
 
 __all__ = ["check_health", "demo_command", "health_command", "probe_http", "run_command"]
 
@@ -73,7 +73,7 @@ def probe_http(url: str, timeout_s: float = 5.0) -> tuple[bool, str]:
 def health_command(
     stage: Annotated[str, typer.Argument(help="Stage name as it reports its status: ingest, embedder, matcher, train, api.")],
     config: SiteConfigOption = None,
-    max_age: Annotated[float, typer.Option("--max-age", help="Seconds; an older status report = unhealthy.")] = 60.0,
+    max_age: Annotated[float, typer.Option("--max-age", min=0.1, help="Seconds; an older status report = unhealthy.")] = 60.0,
     instance: Annotated[
         Optional[str], typer.Option("--instance", help="Only this instance (default: any instance of the stage).")
     ] = None,
@@ -94,7 +94,7 @@ def health_command(
         console.print(f"[{'green' if healthy else 'red'}]{'healthy' if healthy else 'unhealthy'}[/] {stage}: {reason}",
                       highlight=False)
         raise typer.Exit(0 if healthy else 1)
-    cfg = load_or_fail(config)
+    cfg = load_or_fail(config, data_dir=False)
     if not cfg.redis.url:
         fail("health needs the pool's Redis: set REDIS_URL or redis.url in the config")
     try:
@@ -136,7 +136,7 @@ def run_command(
     """
     from selfreid.pipeline.orchestration.run import RunOptions, StageError, run_local
 
-    cfg = load_or_fail(config)
+    cfg = load_or_fail(config, data_dir=True)  # stage logs live there even with an external Redis
     options = RunOptions(
         duration_s=duration,
         until_idle=until_idle,
@@ -180,7 +180,9 @@ def demo_command(
     from selfreid.pipeline.orchestration.demo import DemoError, DemoOptions, run_demo
     from selfreid.pipeline.orchestration.run import StageError
 
-    cfg = load_or_fail(config)
+    cfg = load_or_fail(config, data_dir=True)
+    if report is not None:
+        output_file(report, "--report")
     options = DemoOptions(report=report, fresh=not keep, max_frames=max_frames, evaluate=evaluate)
     try:
         run_demo(cfg, options, console)

@@ -106,6 +106,8 @@ def load_config(path: str | Path | None) -> AppConfig:
     if path is None:
         return parse_config({})
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give the site's YAML file (see configs/)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

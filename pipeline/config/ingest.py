@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from selfreid.pipeline.config.base import PluginChoice, Section
 
-__all__ = ["CameraConfig", "CropPolicyConfig", "IngestConfig"]
+__all__ = ["CameraConfig", "CropPolicyConfig", "IngestConfig", "LIVE_SOURCES"]
+
+LIVE_SOURCES = ("rtsp", "webcam")  # built-in source plugins that only ever see live video
 
 
 class CameraConfig(Section):
@@ -28,10 +31,28 @@ class CameraConfig(Section):
     realtime: bool = Field(
         False, description="File sources: play at native speed instead of as fast as possible."
     )
+    start_time: datetime | None = Field(
+        None,
+        description="Recorded media (file, images, gstreamer live: false): when the recording began, ISO 8601 "
+        "('2026-12-01T09:30:00+01:00'; no zone = UTC). Frames are then stamped start_time + their position, so the "
+        "timeline, search and events show when a person was there; unset = position + the time ingest started. "
+        "The privacy retention counts from these times. Live cameras always use the capture time.",
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="Extra source-plugin settings.")
 
+    @field_validator("start_time")
+    @classmethod
+    def _utc_unless_zoned(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
     @model_validator(mode="after")
-    def _roi_is_a_box(self) -> "CameraConfig":
+    def _start_time_is_for_recordings(self) -> CameraConfig:
+        if self.start_time is not None and self.source in LIVE_SOURCES:
+            raise ValueError(f"start_time is for recordings; a {self.source} camera is stamped with the capture time")
+        return self
+
+    @model_validator(mode="after")
+    def _roi_is_a_box(self) -> CameraConfig:
         if self.roi is not None and not (0 <= self.roi[0] < self.roi[2] and 0 <= self.roi[1] < self.roi[3]):
             raise ValueError(f"roi must be (x1, y1, x2, y2) with 0 <= x1 < x2 and 0 <= y1 < y2, got {self.roi}")
         return self
@@ -91,7 +112,7 @@ class IngestConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _camera_ids_unique(self) -> "IngestConfig":
+    def _camera_ids_unique(self) -> IngestConfig:
         ids = [cam.id for cam in self.cameras]
         if dupes := sorted({i for i in ids if ids.count(i) > 1}):
             raise ValueError(f"camera ids must be unique (they key the pool), repeated: {', '.join(dupes)}")

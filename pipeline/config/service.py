@@ -12,11 +12,27 @@ __all__ = ["GateConfig", "TrainServiceConfig", "ExportConfig", "RegistryConfig"]
 
 
 class GateConfig(Section):
-    """When a freshly trained candidate may replace the production model (pipeline/gate.py).
+    """When a freshly trained candidate may replace the production model (pipeline/training/gate.py).
 
     Scores are compared against the production model on the same held-out crops, so a
     site's own data decides; tolerances absorb the noise of a small hold-out slice.
     """
+
+    score: Literal["separation", "half_retrieval", "cannot_link", "track_nn"] = Field(
+        "separation",
+        description="Label-free score compared: separation = d' of same-tracklet halves vs cannot-link tracklets; "
+        "half_retrieval = a tracklet's first half finds its second half before co-occurring tracklets; "
+        "cannot_link = share of positives a cannot-link pair scores below; track_nn = nearest crop from the same "
+        "tracklet (benchmark G1 ranks them). A score the slice cannot judge falls back to the next.",
+    )
+    min_tracklets: int = Field(
+        8, ge=1,
+        description="Evidence minimum: with fewer usable held-out tracklets (two or more crops) the gate says "
+        "'not enough evidence' and the serving model stays.",
+    )
+    min_gap_s: float = Field(
+        1.0, ge=0, description="Seconds dropped between the two halves of a held-out tracklet (positives)."
+    )
 
     validation_dir: str | None = Field(
         None, description="Labelled Market-layout set (query/ + bounding_box_test/); mAP and R1 must not drop."
@@ -25,7 +41,7 @@ class GateConfig(Section):
         0.0, ge=0, description="Allowed drop of mAP and R1 (0-1 scale) on the labelled set; 0 = must not drop."
     )
     max_proxy_drop: float = Field(
-        0.02, ge=0, description="Allowed drop of the label-free score (same-track neighbour agreement, 0-1)."
+        0.02, ge=0, description="Allowed drop of the label-free score (in the score's own unit)."
     )
     proxy_z: float = Field(
         1.64, ge=0,

@@ -61,3 +61,7 @@ class ApiConfig(Section):
         "do, so this sits below the matcher's threshold; model-dependent (0.75 suits the ImageNet baseline).",
     )
     max_upload_mb: float = Field(10.0, gt=0, description="Uploaded query images larger than this are refused.")
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="Query images (API and `selfreid search`) declaring more pixels than this are "
+        "refused from their header, before decoding (a small file can declare a huge image; 50 MP = 150 MB decoded).",
+    )

@@ -8,9 +8,12 @@ and the benchmark results are comparable:
   queries and its crops from the other cameras as the gallery (at most ``query_per_id`` /
   ``gallery_per_id`` per identity); Market protocol, cosine distance: mAP and rank-1. These people
   are never in a site's pool, so this shows whether adapting to the site cost generality.
-* **IDF1 on the vtest virtual cameras** (benchmark M1's protocol, :func:`vtest_eval.calibrated_idf1`):
-  ground-truth boxes of PETS09-S2L1 frames 1-400, two virtual cameras by time, the matcher's
-  threshold picked on the halves split.
+* **IDF1 on the vtest virtual cameras** (benchmark M1's protocol, :func:`~selfreid.pipeline.evaluation.vtest.calibrated_idf1`):
+  ground-truth boxes of PETS09-S2L1 frames 1-400, two virtual cameras by time. ``product_idf1`` is
+  what a site gets: the matcher at each version's **own label-free calibration** (the one the
+  registry stores; a version without one is calibrated label-free on the scored crops), with
+  ``oracle_idf1`` (best threshold on the scored split, labels used) and their gap beside it;
+  ``idf1`` is the older protocol (threshold picked on the halves split).
 
 Models are compared as ONNX files, through the serving embedder, exactly as they would serve.
 """
@@ -27,7 +30,7 @@ import torch
 from selfreid.reid_model.data import MarketItem, read_market, split_market
 from selfreid.reid_model.evaluation import evaluate_features
 
-__all__ = ["HOLDOUT_IDS", "sample", "per_id", "conreid_heldout", "heldout_metrics", "compare_versions"]
+__all__ = ["HOLDOUT_IDS", "sample", "per_id", "conreid_heldout", "heldout_metrics", "read_images", "compare_versions"]
 
 HOLDOUT_IDS = 20
 EMBED_BATCH = 64
@@ -73,7 +76,7 @@ def _embed(embedder, images: Sequence[np.ndarray], step: str, progress: Progress
     return np.concatenate(out)
 
 
-def _read_images(items: Sequence[MarketItem]) -> list[np.ndarray]:
+def read_images(items: Sequence[MarketItem]) -> list[np.ndarray]:
     import cv2
 
     return [cv2.imread(str(it.path)) for it in items]
@@ -81,7 +84,7 @@ def _read_images(items: Sequence[MarketItem]) -> list[np.ndarray]:
 
 def _conreid(models: dict[str, Any], root: Path, progress: Progress) -> dict[str, Any]:
     query, gallery = conreid_heldout(root)
-    qi, gi = _read_images(query), _read_images(gallery)
+    qi, gi = read_images(query), read_images(gallery)
     scores = {}
     for label, embedder in models.items():
         fq = torch.from_numpy(_embed(embedder, qi, f"Con-ReID held-out ids, {label}: query", progress))
@@ -90,13 +93,22 @@ def _conreid(models: dict[str, Any], root: Path, progress: Progress) -> dict[str
     return {**scores, "heldout_ids": HOLDOUT_IDS, "query": len(query), "gallery": len(gallery)}
 
 
-def _vtest(models: dict[str, Any], data_dir: Path, progress: Progress) -> dict[str, Any]:
+def _flat_product(scores: dict[str, Any]) -> dict[str, Any]:
+    """The product-settings numbers at the top level of a model's vtest scores (the report's rows)."""
+    product = scores.get("product") or {}
+    return {**scores, "product_idf1": product.get("idf1"), "product_threshold": product.get("threshold"),
+            "oracle_idf1": product.get("oracle_idf1"), "product_gap": product.get("gap"),
+            "calibration_source": product.get("calibration_source")}
+
+
+def _vtest(models: dict[str, Any], data_dir: Path, progress: Progress,
+           calibrations: dict[str, Any]) -> dict[str, Any]:
     import tempfile
 
     import redis
 
-    from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
     from selfreid.pipeline.evaluation.vtest import calibrated_idf1, load_gt, read_crops, virtual_cameras
+    from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
 
     pets = data_dir / "pets09-s2l1"
     crops = read_crops(pets / "vtest.avi", virtual_cameras(load_gt(pets / "gt_frames_0001-0400.txt"), "time"), every_k=4)
@@ -107,7 +119,8 @@ def _vtest(models: dict[str, Any], data_dir: Path, progress: Progress) -> dict[s
             for label, embedder in models.items():
                 vectors = _embed(embedder, [c for _, c in crops], f"vtest IDF1, {label}: embed", progress)
                 progress(f"vtest IDF1, {label}: match", 0, 1)
-                scores[label] = calibrated_idf1(data_dir, crops, vectors, label, client)
+                scores[label] = _flat_product(calibrated_idf1(data_dir, crops, vectors, label, client,
+                                                              stored=calibrations.get(label)))
                 progress(f"vtest IDF1, {label}: match", 1, 1)
         finally:
             client.close()
@@ -115,9 +128,12 @@ def _vtest(models: dict[str, Any], data_dir: Path, progress: Progress) -> dict[s
 
 
 def compare_versions(before: Path, after: Path, data_dir: Path,
-                     progress: Progress = lambda step, done, total: None) -> dict[str, Any]:
+                     progress: Progress = lambda step, done, total: None,
+                     calibrations: dict[str, Any] | None = None) -> dict[str, Any]:
     """Both measurements for two ONNX files: ``{"conreid": {"before", "after", ...}, "vtest": {...}}``.
 
+    ``calibrations``: ``{"before": AssociationCalibration | None, "after": ...}``, each version's stored
+    calibration (product settings); a missing one is fitted label-free on the scored crops.
     A measurement whose data is missing from ``data_dir`` is replaced by ``{"missing": reason}``.
     """
     from selfreid.plugins.embedders.onnx_embedder import OnnxEmbedder
@@ -129,5 +145,5 @@ def compare_versions(before: Path, after: Path, data_dir: Path,
     out["conreid"] = (_conreid(models, conreid, progress) if conreid.is_dir()
                       else {"missing": f"{conreid} not found"})
     gt = data_dir / "pets09-s2l1" / "gt_frames_0001-0400.txt"
-    out["vtest"] = _vtest(models, data_dir, progress) if gt.is_file() else {"missing": f"{gt} not found"}
+    out["vtest"] = _vtest(models, data_dir, progress, calibrations or {}) if gt.is_file() else {"missing": f"{gt} not found"}
     return out

@@ -42,6 +42,7 @@ from selfreid.pipeline.evaluation.vtest import (
 from selfreid.plugins.matchers.cross_camera import CrossCameraMatcher
 from selfreid.reid_model.calibration import (
     CALIBRATION_METADATA_KEY,
+    QUERY_CROPS,
     AssociationCalibration,
     CalibrationError,
     fit_calibration,
@@ -72,14 +73,24 @@ class Clip:
         return [f"{c}/{t}" for c, t, _ in keys], [c for c, _, _ in keys], [s for _, _, s in keys]
 
 
-def load_clip(gt: Path, video: Path, frames: tuple[int, int] = (1, 400), split: Split = "time", every_k: int = 4,
+def _frame_range(gt: Path) -> tuple[int, int]:
+    try:
+        frames = np.loadtxt(gt, delimiter=",", ndmin=2, usecols=0)
+    except ValueError as exc:
+        raise TracksError(f"{gt}: not MOT-format ground truth (frame,id,x,y,w,h,considered,...): {exc}") from None
+    if frames.size == 0:
+        raise TracksError(f"{gt}: no rows")
+    return int(frames.min()), int(frames.max())
+
+
+def load_clip(gt: Path, video: Path, frames: tuple[int, int] | None = None, split: Split = "time", every_k: int = 4,
               fps: float = FPS) -> Clip:
-    """Read the ground truth of ``frames`` (inclusive), make the virtual cameras and cut the crops."""
+    """Read the ground truth of ``frames`` (inclusive; None = all), make the virtual cameras, cut the crops."""
     import cv2
 
-    first, last = frames
     if not gt.is_file() or not video.is_file():
         raise TracksError(f"{gt if not gt.is_file() else video}: no such file")
+    first, last = frames or _frame_range(gt)
     cap = cv2.VideoCapture(str(video))
     width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
     cap.release()
@@ -98,10 +109,11 @@ def load_clip(gt: Path, video: Path, frames: tuple[int, int] = (1, 400), split: 
     return Clip(boxes, crops, fps)
 
 
-def clip_calibration(clip: Clip, vectors: np.ndarray, method: str = "eer") -> AssociationCalibration:
+def clip_calibration(clip: Clip, vectors: np.ndarray, method: str = "midpoint",
+                     query_crops: int | None = QUERY_CROPS) -> AssociationCalibration:
     """Label-free calibration from the clip's own crops (its per-camera tracklets and their times)."""
     tracklets, cameras, times = clip.tracklet_labels()
-    return fit_calibration(vectors, tracklets, cameras, times, method=method)
+    return fit_calibration(vectors, tracklets, cameras, times, method=method, query_crops=query_crops)
 
 
 def stored_calibration(model: Path) -> AssociationCalibration | None:
@@ -140,7 +152,7 @@ def oracle_threshold(clip: Clip, vectors: np.ndarray, version: str, client,
 
 def score_tracks(clip: Clip, vectors: np.ndarray, version: str, client, *,
                  calibration: AssociationCalibration | None = None,
-                 settings: CrossCameraMatcher.Settings | None = None, method: str = "eer",
+                 settings: CrossCameraMatcher.Settings | None = None, method: str = "midpoint",
                  oracle: bool = True) -> dict[str, Any]:
     """IDF1/IDP/IDR and identities of ``vectors`` (the model's embeddings of ``clip.crops``) under the
     product association, and the oracle IDF1 for comparison.
@@ -152,7 +164,8 @@ def score_tracks(clip: Clip, vectors: np.ndarray, version: str, client, *,
     source = "stored"
     if calibration is None:
         try:
-            calibration, source = clip_calibration(clip, vectors, method), "fitted on the clip (label-free)"
+            calibration = clip_calibration(clip, vectors, method, settings.min_crops)
+            source = "fitted on the clip (label-free)"
         except CalibrationError as exc:
             source = f"none ({exc})"
     if settings.threshold is not None:
@@ -178,7 +191,7 @@ def score_tracks(clip: Clip, vectors: np.ndarray, version: str, client, *,
     return out
 
 
-def evaluate_tracks(model: Path, gt: Path, video: Path, *, frames: tuple[int, int] = (1, 400), split: Split = "time",
+def evaluate_tracks(model: Path, gt: Path, video: Path, *, frames: tuple[int, int] | None = None, split: Split = "time",
                     every_k: int = 4, fps: float = FPS, settings: CrossCameraMatcher.Settings | None = None,
                     progress: Progress | None = None) -> dict[str, Any]:
     """Score an exported model (``.onnx``) on a labelled clip: what ``selfreid eval-tracks`` prints."""
@@ -191,6 +204,7 @@ def evaluate_tracks(model: Path, gt: Path, video: Path, *, frames: tuple[int, in
     step = progress or (lambda *_: None)
     step("reading the clip", 0, 1)
     clip = load_clip(gt, video, frames, split, every_k, fps)
+    frames = frames or (min(b.frame for b in clip.boxes), max(b.frame for b in clip.boxes))
     step("reading the clip", 1, 1)
     try:
         embedder = OnnxEmbedder(OnnxEmbedder.Settings(model=str(model)))

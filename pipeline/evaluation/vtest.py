@@ -12,7 +12,9 @@ Every crop (every ``every_k``-th frame) is embedded, fed to the matcher in time 
 id of each tracklet labels all of its ground-truth boxes. IDF1 (py-motmetrics) is then computed
 over one sequence in which each (camera, frame) is its own frame, so an identity is counted
 correct only if the same person gets the same global id in both cameras. The baseline
-``every tracklet a new identity`` is scored the same way.
+``every tracklet a new identity`` is scored the same way. Scoring at product settings (the model's
+label-free calibration, next to the oracle threshold) lives in :mod:`selfreid.pipeline.evaluation.tracks`,
+which any MOT-format clip can use (``selfreid eval-tracks``).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def match_tracklets(
         ]
         for a in matcher.update(embeddings):
             labels[(a.camera_id, a.track_id)] = a.global_id
-    for a in getattr(matcher, "flush", lambda: [])():
+    for a in matcher.flush():
         labels[(a.camera_id, a.track_id)] = a.global_id
     return labels
 

@@ -10,8 +10,9 @@ replica finishes its frames, returns, and its restart policy starts it again wit
 (crash-only: no camera is ever read twice for long, none is dropped for more than one restart).
 A member is ``hostname-pid``, which a restarted container keeps (pid 1), or ``$SELFREID_INGEST_MEMBER``
 when set (a host whose supervisor restarts ingest under a new pid); a replica that exits to take a
-new share does not leave the set, so restarts do not ripple through the other replicas, and it comes
-back without the start-up settle wait (it is still a live member: the split is already agreed).
+new share does not leave the set: it keeps beating while it shuts down and then holds its place for
+``RESTART_GRACE_S``, so restarts do not ripple through the other replicas, and it comes back without
+the start-up settle wait (it is still a live member: the split is already agreed).
 
 A replica that dies without leaving is dropped once its heartbeat is older than the TTL
 (``$SELFREID_INGEST_TTL_S``, default 15 s; a beat every third of it): its cameras resume on the
@@ -40,15 +41,15 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol
 
 import redis
 
 from selfreid.pipeline.config import AppConfig, CameraConfig
+from selfreid.pipeline.runtime.signals import StopFlag
 
 __all__ = [
-    "ENV_VAR", "MEMBER_ENV", "TTL_ENV", "Membership", "claim_cameras", "heartbeat_ttl_s", "owner", "parse_shard",
-    "replica_instance", "shard_of", "with_cameras",
+    "ENV_VAR", "MEMBER_ENV", "RESTART_GRACE_S", "TTL_ENV", "Membership", "claim_cameras", "heartbeat_ttl_s",
+    "owner", "parse_shard", "replica_instance", "shard_of", "with_cameras",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,10 @@ ENV_VAR = "SELFREID_INGEST_SHARD"
 MEMBER_ENV = "SELFREID_INGEST_MEMBER"
 TTL_ENV = "SELFREID_INGEST_TTL_S"
 DEFAULT_TTL_S = 15.0
-
-
-class StopEvent(Protocol):
-    def is_set(self) -> bool: ...
-    def set(self) -> None: ...
-    def wait(self, timeout: float | None = None) -> bool: ...
+# A replica that exits to take its new share keeps its place this long (plus the TTL) for its restart
+# (imports, detector loading; a container runtime may also back off): otherwise a slow restart looks
+# like a death, and the others restart too, for nothing.
+RESTART_GRACE_S = 30.0
 
 
 def _weight(member: str, camera_id: str) -> int:
@@ -136,6 +135,10 @@ class Membership:
     def leave(self) -> None:
         self.client.zrem(self.key, self.member_id)
 
+    def hold_place(self, grace_s: float) -> None:
+        """Stay a member for ``grace_s`` more seconds without beating: the heartbeat is dated ahead."""
+        self.client.zadd(self.key, {self.member_id: time.time() + grace_s})
+
     def share(self, cameras: Sequence[CameraConfig], members: Sequence[str]) -> list[CameraConfig]:
         return [cam for cam in cameras if owner(cam.id, members) == self.member_id]
 
@@ -144,20 +147,20 @@ def _watch(
     membership: Membership,
     cameras: Sequence[CameraConfig],
     mine: list[str],
-    stop: StopEvent,
+    stop: StopFlag,
     done: threading.Event,
     changed: threading.Event,
 ) -> None:
-    """Heartbeat until ingest is done or stopped; set ``changed`` and ``stop`` when this replica's
-    share changes."""
-    while not done.wait(membership.ttl_s / 3) and not stop.is_set():
+    """Heartbeat until ingest is done, through its shutdown (a replica that is slow to stop is not taken
+    for dead); set ``changed`` and ``stop`` when this replica's share changes."""
+    while not done.wait(membership.ttl_s / 3):
         try:
             members = membership.beat()
         except redis.RedisError as exc:
             log.warning("camera assignment heartbeat failed: %s", exc)
             continue
         now_mine = [cam.id for cam in membership.share(cameras, members)]
-        if now_mine != mine:
+        if now_mine != mine and not stop.is_set():
             log.info("ingest replicas changed (%d live): my cameras %s -> %s, restarting", len(members), mine, now_mine)
             changed.set()
             stop.set()
@@ -186,7 +189,7 @@ def _process_name() -> str:
 
 @contextmanager
 def claim_cameras(
-    cfg: AppConfig, client: redis.Redis, stop: StopEvent, settle_s: float | None = None
+    cfg: AppConfig, client: redis.Redis, stop: StopFlag, settle_s: float | None = None
 ) -> Iterator[list[CameraConfig]]:
     """Yield the cameras this replica reads (see the module docstring for the modes).
 
@@ -226,5 +229,7 @@ def claim_cameras(
     finally:
         done.set()
         watcher.join()
-        if not changed.is_set():  # a real stop; a replica restarting for its new share keeps its place
+        if changed.is_set():  # restarting for its new share: keep its place while the process restarts
+            membership.hold_place(RESTART_GRACE_S)
+        else:  # a real stop
             membership.leave()

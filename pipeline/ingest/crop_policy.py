@@ -51,7 +51,8 @@ def coverage(boxes: np.ndarray) -> np.ndarray:
     area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-9)
     inter = iw * ih * (b[None, :, 3] >= b[:, None, 3])
     np.fill_diagonal(inter, 0.0)
-    return (inter / area[:, None]).max(axis=1)
+    covered: np.ndarray = (inter / area[:, None]).max(axis=1)
+    return covered
 
 
 def sharpness(image: np.ndarray) -> float:
@@ -93,14 +94,12 @@ class CropPolicy:
         crops = []
         for det, box, cover in zip(tracks, boxes, covered):
             reason = self._geometry_reject(det, box, float(cover))
-            if reason is None:
-                crop = self._crop(frame, det, box)
-                reason = "blur" if crop is None else None
-            if reason is not None:
-                self.rejected[reason] += 1
+            crop = self._crop(frame, det, box) if reason is None else None
+            if crop is None:
+                self.rejected[reason or "blur"] += 1
                 continue
             crops.append(crop)
-            self._last_crop[det.track_id] = self._processed
+            self._last_crop[crop.track_id] = self._processed
         return crops
 
     def _geometry_reject(self, det: Detection, box: np.ndarray, cover: float) -> str | None:

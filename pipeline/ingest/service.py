@@ -24,23 +24,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 
-from selfreid.pipeline.ingest.camera_assignment import claim_cameras, replica_instance, with_cameras
 from selfreid.pipeline.config import AppConfig, CameraConfig
+from selfreid.pipeline.ingest.camera_assignment import claim_cameras, replica_instance, with_cameras
 from selfreid.pipeline.ingest.crop_policy import CropPolicy
 from selfreid.pipeline.runtime.metrics import MetricsServer, StageMetrics, start_metrics_server
 from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.runtime.signals import StopFlag
 from selfreid.pipeline.runtime.status import publish_status
 from selfreid.plugins import registry
-from selfreid.plugins.contracts import Detection, Frame, Source, SourceState, Tracker
+from selfreid.plugins.contracts import Detection, Detector, Frame, PoolStore, Source, SourceState, Tracker
 
 __all__ = [
     "CameraStats",
     "PoolStats",
-    "StopSignal",
     "StatusCallback",
     "FrameCallback",
     "run_ingest",
@@ -73,12 +73,6 @@ POOL_GAUGES = {
     "queued": "Crops waiting locally for Redis",
     "redis_up": "1 when the last pool write succeeded",
 }
-
-
-class StopSignal(Protocol):
-    def is_set(self) -> bool: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 @dataclass
@@ -171,15 +165,15 @@ class _Camera:
         self._frames_at_tick = s.frames
         if self.source is not None:
             s.reconnects = self.source.reconnects
-            s.source_counters = dict(getattr(self.source, "counters", {}) or {})
-            source_error = getattr(self.source, "last_error", None)
+            s.source_counters = dict(self.source.counters)
+            source_error = self.source.last_error
             if source_error and source_error != self._source_error:  # a new problem of the source
                 s.last_error = self._source_error = source_error
         if self.crashed or self.source is None:
             s.state = SourceState.FAILED
         elif self.source.state == SourceState.FAILED:
             s.state = SourceState.FAILED
-            s.last_error = getattr(self.source, "last_error", None) or s.last_error
+            s.last_error = self.source.last_error or s.last_error
         elif self.done and self.frames.empty():
             s.state = SourceState.FINISHED
         else:
@@ -215,15 +209,17 @@ def _open_camera(i: int, cam: CameraConfig, cfg: AppConfig) -> _Camera:
     return camera
 
 
-def _read_frames(camera: _Camera, stop: StopSignal, ready: threading.Event, max_frames: int | None) -> None:
-    """Reader thread: decode into the camera's queue until the source ends, ``stop``, or ``max_frames``."""
-    live = bool(getattr(camera.source, "live", False))
+def _read_frames(
+    camera: _Camera, source: Source, stop: StopFlag, ready: threading.Event, max_frames: int | None
+) -> None:
+    """Reader thread: decode ``source`` (the camera's) into the camera's queue until it ends, ``stop``,
+    or ``max_frames``."""
     n = 0
     try:
-        for frame in camera.source.frames():  # type: ignore[union-attr]
+        for frame in source.frames():
             if stop.is_set():
                 break
-            if live:
+            if source.live:
                 _put_dropping_oldest(camera, frame)
             elif not _put_waiting(camera.frames, frame, stop):
                 break
@@ -251,7 +247,7 @@ def _put_dropping_oldest(camera: _Camera, frame: Frame) -> None:
                 pass
 
 
-def _put_waiting(frames: queue.Queue, frame: Frame, stop: StopSignal) -> bool:
+def _put_waiting(frames: queue.Queue, frame: Frame, stop: StopFlag) -> bool:
     while not stop.is_set():
         try:
             frames.put(frame, timeout=0.2)
@@ -268,7 +264,7 @@ class _Ingest:
         self,
         cfg: AppConfig,
         client: redis.Redis,
-        stop: StopSignal,
+        stop: StopFlag,
         on_status: StatusCallback | None,
         on_frame: FrameCallback | None,
     ) -> None:
@@ -277,9 +273,9 @@ class _Ingest:
         self.stop = stop
         self.on_status = on_status
         self.on_frame = on_frame
-        self.pool = open_pool(cfg, client)
+        self.pool: PoolStore = open_pool(cfg, client)
         d = cfg.ingest.detector
-        self.detector = registry.create(
+        self.detector: Detector = registry.create(
             "detectors", d.plugin, d.params, where="ingest.detector", device=cfg.ingest.device
         )
         self.cameras = [_open_camera(i, cam, cfg) for i, cam in enumerate(cfg.ingest.cameras)]
@@ -350,7 +346,7 @@ class _Ingest:
             if camera.source is not None:
                 camera.reader = threading.Thread(
                     target=_read_frames,
-                    args=(camera, self.stop, self.ready, max_frames),
+                    args=(camera, camera.source, self.stop, self.ready, max_frames),
                     name=f"read-{camera.cfg.id}",
                     daemon=True,
                 )
@@ -409,8 +405,8 @@ class _Ingest:
         pool = self.pool.stats
         for camera in self.cameras:
             camera.refresh(dt)
-            camera.stats.written = pool.written_by_camera[camera.cfg.id]
-            camera.stats.crop_drops = pool.dropped_by_camera[camera.cfg.id]
+            camera.stats.written = pool.written_by_camera.get(camera.cfg.id, 0)
+            camera.stats.crop_drops = pool.dropped_by_camera.get(camera.cfg.id, 0)
         stats = {c.cfg.id: c.stats for c in self.cameras}
         pool_stats = self.pool_stats()
         for cam_id, s in stats.items():
@@ -422,7 +418,7 @@ class _Ingest:
                 f"{cam_id}: {s.last_error}" for cam_id, s in stats.items() if s.state == SourceState.FAILED
             ]
             state = "error" if stats and len(failed) == len(stats) else "degraded" if failed else "running"
-            status = {"state": state, "error": "; ".join(failed), "cameras": fields}
+            status: dict[str, Any] = {"state": state, "error": "; ".join(failed), "cameras": fields}
             status |= {"pool": asdict(pool_stats), "metrics_port": self.metrics_port}
             publish_status(self.client, self.cfg.pool.prefix, "ingest", status, replica_instance())
         except (redis.RedisError, OSError):
@@ -459,7 +455,7 @@ def _check_credentials(client: redis.Redis) -> None:
 def run_ingest(
     cfg: AppConfig,
     redis_url: str,
-    stop: StopSignal,
+    stop: StopFlag,
     max_frames: int | None = None,
     on_status: StatusCallback | None = None,
     on_frame: FrameCallback | None = None,

@@ -7,7 +7,8 @@
    self-training cycle on the unlabelled pool (a few CPU minutes; :data:`GPU_BUDGET` times more on a
    GPU): train, export to ONNX with parity, gate, register, and promote when the gate passes.
 3. **Before / after** (:mod:`selfreid.pipeline.evaluation.adaptation`): the trained version against its
-   parent on the benchmarks' labelled protocols, written to ``{data_dir}/evaluation.json``.
+   parent on the benchmarks' labelled protocols, written to ``{data_dir}/evaluation.json``; vtest IDF1
+   at product settings (each version at its own stored calibration), the oracle beside it.
 4. **Report** (:mod:`selfreid.pipeline.report.site`): one self-contained HTML page.
 
 Each step shows progress; the last line names the report.
@@ -133,8 +134,11 @@ def evaluate_adaptation(cfg: AppConfig, client, console) -> dict[str, Any] | Non
                 tasks[step] = progress.add_task(step, total=total)
             progress.update(tasks[step], completed=done, total=total)
 
-        scores = compare_versions(before.onnx, after.onnx, data, advance)
+        scores = compare_versions(before.onnx, after.onnx, data, advance,
+                                  calibrations={"before": before.calibration, "after": after.calibration})
     result = {"before_version": before.version, "after_version": after.version, "after_status": after.status,
+              "calibrations": {label: v.calibration.to_dict() if v.calibration else None
+                               for label, v in (("before", before), ("after", after))},
               "seconds": round(time.monotonic() - started, 1), **scores}
     cfg.path(EVALUATION_FILE).write_text(json.dumps(result, indent=1))
     return result
@@ -142,7 +146,7 @@ def evaluate_adaptation(cfg: AppConfig, client, console) -> dict[str, Any] | Non
 
 def _change(evaluation: dict[str, Any], section: str, key: str, label: str) -> str | None:
     part = evaluation.get(section) or {}
-    if "before" in part and "after" in part:
+    if "before" in part and "after" in part and part["before"].get(key) is not None:
         return f"{label} {part['before'][key]:.3f} -> {part['after'][key]:.3f}"
     return None
 
@@ -157,7 +161,8 @@ def summary(data, evaluation: dict[str, Any] | None, minutes: float, out: Path) 
         parts.append(f"model v{trained.version} {verdict} by the gate")
     if evaluation:
         parts += filter(None, [_change(evaluation, "conreid", "mAP", "Con-ReID mAP"),
-                               _change(evaluation, "vtest", "idf1", "vtest IDF1")])
+                               _change(evaluation, "vtest", "product_idf1", "vtest IDF1 (product settings)"),
+                               _change(evaluation, "vtest", "oracle_idf1", "oracle")])
     return "; ".join(parts) + f". Report: {out}"
 
 
@@ -166,8 +171,8 @@ def run_demo(cfg: AppConfig, options: DemoOptions, console) -> Path:
     import redis
 
     from selfreid.pipeline.orchestration.run import RunOptions, resolve_sample_data, run_local
-    from selfreid.pipeline.runtime.redis_conn import redis_endpoint
     from selfreid.pipeline.report.site import write_report
+    from selfreid.pipeline.runtime.redis_conn import redis_endpoint
 
     started = time.monotonic()
     cfg = fit_to_device(fit_to_available_data(resolve_sample_data(cfg), console), console)

@@ -41,15 +41,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.config.redis import redact_url
 from selfreid.pipeline.runtime.redis_conn import redis_endpoint
-from selfreid.pipeline.runtime.signals import stop_on_signals
+from selfreid.pipeline.runtime.signals import StopFlag, stop_on_signals
 from selfreid.plugins.codec import as_text
+
+if TYPE_CHECKING:  # the parent stays light: each stage imports its own stack
+    from selfreid.plugins.contracts import PoolStore
 
 __all__ = [
     "STAGES",
@@ -150,7 +153,9 @@ def _stage_kwargs(spec: StageSpec, options: RunOptions) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- child side
-def _stage_main(name: str, target: str, cfg: AppConfig, redis_url: str, stop: Any, kwargs: dict, log_path: str) -> None:
+def _stage_main(
+    name: str, target: str, cfg: AppConfig, redis_url: str, stop: StopFlag, kwargs: dict, log_path: str
+) -> None:
     """Entry point of a stage process: output to its log file, signals to ``stop``, then run."""
     log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
     os.dup2(log_file.fileno(), 1)
@@ -170,7 +175,7 @@ def _stage_main(name: str, target: str, cfg: AppConfig, redis_url: str, stop: An
         raise
 
 
-def init_models(cfg: AppConfig, redis_url: str, stop: Any) -> None:
+def init_models(cfg: AppConfig, redis_url: str, stop: StopFlag) -> None:
     """One-shot stage: register and serve version 1 on this run's Redis when the registry is empty."""
     import redis
 
@@ -193,7 +198,7 @@ class StageProcess:
 
     spec: StageSpec
     process: mp.process.BaseProcess
-    stop: Any
+    stop: StopFlag
     log_path: Path
     stopping: bool = False
 
@@ -260,14 +265,8 @@ def stream_backlog(client: Any, key: str, group: str) -> int:
     return int(info["pending"]) + len(after)
 
 
-def pool_backlog(pool: Any, group: str) -> int:
-    """:func:`stream_backlog` summed over the pool's camera streams.
-
-    Exact for the Redis Streams pool (``cameras()`` + ``stream_key()``); for another pool plugin
-    only its ``pending(group)`` count, if it has one.
-    """
-    if not (hasattr(pool, "cameras") and hasattr(pool, "stream_key")):
-        return int(pool.pending(group)) if hasattr(pool, "pending") else 0
+def pool_backlog(pool: PoolStore, group: str) -> int:
+    """:func:`stream_backlog` summed over the pool's camera streams."""
     return sum(stream_backlog(pool.client, pool.stream_key(camera), group) for camera in pool.cameras())
 
 
@@ -290,8 +289,8 @@ class Supervisor:
     def __post_init__(self) -> None:
         import redis
 
-        from selfreid.pipeline.serving.embedding_store import EmbeddingStore
         from selfreid.pipeline.runtime.pool import open_pool
+        from selfreid.pipeline.serving.embedding_store import EmbeddingStore
 
         self.ctx = mp.get_context("spawn")
         self.client = redis.Redis.from_url(self.redis_url)
@@ -413,52 +412,94 @@ class Supervisor:
         return 1 if any(stage.crashed for stage in self.running.values()) else 0
 
 
-def _fmt(value: Any, depth: int = 0) -> str:
-    """Compact text of a status value: floats to 3 digits, empty values and zero counters left
-    out, a mapping of mappings (e.g. ingest's per-camera counters) one indented line per key."""
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if not isinstance(value, dict):
-        return str(value)
-    shown = {k: v for k, v in value.items() if v not in ("", None, [], {}) and not (type(v) is int and v == 0)}
-    nested = {k: v for k, v in shown.items() if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values())}
-    flat = ", ".join(
-        f"{k}={_fmt(v)}" if not isinstance(v, dict) else f"{k}({_fmt(v, depth + 1)})"
-        for k, v in shown.items()
-        if k not in nested
-    )
-    pad = "\n" + "  " * (depth + 1)
-    return flat + "".join(f"{pad}{k}:" + "".join(f"{pad}  {n}: {_fmt(v, depth + 2)}" for n, v in sub.items())
-                          for k, sub in nested.items())
+STATE_STYLES = {"running": "green", "finished": "blue", "stopped": "blue", "starting": "yellow", "waiting": "dim",
+                "reconnecting": "yellow", "connecting": "yellow", "degraded": "yellow", "idle": "cyan"}
 
 
-def _table(sup: Supervisor) -> Any:
-    from rich.table import Table
+def _styled(state: str) -> Any:
     from rich.text import Text
 
-    try:
-        status = sup.read_status()
-    except Exception as exc:  # noqa: BLE001 - the view must not end the run
-        status = {"redis": {"error": str(exc)}}
-    table = Table(title=f"selfreid run - {sup.reason or 'running (Ctrl-C stops)'}", expand=True)
-    for column in ("stage", "process", "status"):
-        table.add_column(column, overflow="fold")
-    now = time.time()
+    word = state.split(" ", 1)[0]
+    style = STATE_STYLES.get(word, "red" if word in ("crashed", "failed", "error") else "dim" if word == "stale" else "")
+    return Text(state, style=style)
+
+
+def _stage_rows(sup: Supervisor, status: dict[str, dict[str, Any]], now: float) -> list[tuple[str, str, str, str]]:
+    """``(stage, state, key numbers, report age)`` per stage instance; a started stage without a report
+    says what it is loading, a report of a process that ended or went silent says so, and reports of
+    stages this run did not start (a backfill during a promotion) follow."""
+    from selfreid.pipeline.runtime.status import stage_numbers, stage_startup, stage_state
+
+    rows: list[tuple[str, str, str, str]] = []
+    shown: set[str] = set()
     for spec in [INIT, *sup.specs]:
         stage = sup.running.get(spec.name)
         if spec is INIT and stage is None:
             continue
-        process = f"{stage.state} pid {stage.process.pid}" if stage else "waiting"
+        process = stage.state if stage else None
         reports = {k: v for k, v in status.items() if k.split(":", 1)[0] == spec.name}
-        text = "\n".join(
-            f"[{name.split(':', 1)[1]}] {now - float(fields.get('updated', now)):.0f} s ago; "
-            + _fmt({k: v for k, v in fields.items() if k != "updated"})
-            for name, fields in reports.items()
-        )
-        table.add_row(spec.name, process, Text(text or "-"))
-    for name in sup.missing:
-        table.add_row(name, "[yellow]not installed[/]", "-")
+        shown.update(reports)
+        if not reports:
+            what = stage_startup(spec.name, sup.cfg) if process == "running" else "-"
+            rows.append((spec.name, stage_state(spec.name, None, process) if stage else "waiting", what, ""))
+        for name, fields in reports.items():
+            instance = name.split(":", 1)[1].removeprefix(f"{spec.name}-")
+            label = spec.name if len(reports) == 1 else f"{spec.name} {instance}"
+            rows.append((label, stage_state(spec.name, fields, process, now), stage_numbers(spec.name, fields),
+                         f"{now - float(fields.get('updated', now)):.0f} s ago"))
+    for name, fields in status.items():
+        if name not in shown:
+            other = name.split(":", 1)[0]
+            rows.append((name, stage_state(other, fields, None, now), stage_numbers(other, fields),
+                         f"{now - float(fields.get('updated', now)):.0f} s ago"))
+    return rows
+
+
+def _camera_table(sup: Supervisor, status: dict[str, dict[str, Any]]) -> Any:
+    """One row per camera of the freshest ingest report: state, fps, frames, crops, drops; a camera of an
+    ingest process that ended shows that end, never ``running``."""
+    from rich.table import Table
+
+    from selfreid.pipeline.runtime.status import camera_rows
+
+    reports = [f for k, f in status.items() if k.split(":", 1)[0] == "ingest"]
+    if not reports:
+        return None
+    latest = max(reports, key=lambda f: float(f.get("updated", 0)))
+    ingest = sup.running.get("ingest")
+    ended = ingest.state if ingest is not None and ingest.state != "running" else None
+    table = Table(box=None, padding=(0, 2, 0, 0), title_justify="left")
+    for column in ("camera", "state", "fps", "frames", "crops", "drops (frames/crops)"):
+        table.add_column(column, justify="left" if column in ("camera", "state") else "right", no_wrap=True)
+    for cam, state, fps, frames, crops, drops in camera_rows(latest):
+        state = ended if ended and state not in ("finished", "failed") else state
+        table.add_row(cam, _styled(state), fps, frames, crops, drops)
     return table
+
+
+def _table(sup: Supervisor) -> Any:
+    """The live view: a line per stage (state, key numbers, age of its report), then a line per camera."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    problem = None
+    try:
+        status = sup.read_status()
+    except Exception as exc:  # noqa: BLE001 - the view must not end the run
+        status, problem = {}, Text(f"status reports unavailable: {exc}", style="yellow")
+    now = time.time()
+    table = Table(title=f"selfreid run - {sup.reason or 'running (Ctrl-C stops)'}", expand=True, box=None,
+                  padding=(0, 2, 0, 0), title_justify="left")
+    table.add_column("stage", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("key numbers", overflow="fold", ratio=1)
+    table.add_column("report", justify="right", no_wrap=True)
+    for stage, state, numbers, age in _stage_rows(sup, status, now):
+        table.add_row(stage, _styled(state), Text(numbers), age)
+    for name in sup.missing:
+        table.add_row(name, Text("not installed", style="yellow"), "-", "")
+    return Group(*(part for part in (table, _camera_table(sup, status), problem) if part is not None))
 
 
 def run_local(cfg: AppConfig, options: RunOptions, console: Console) -> int:

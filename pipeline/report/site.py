@@ -4,6 +4,8 @@ Served by the API (``GET /report``), written by ``selfreid report`` and by ``sel
 section reads the live state, and says so when it has nothing yet:
 
 * **cameras**: crops in the pool per camera, with a sample of thumbnails (the newest, camera-balanced);
+* **header**: one statement of which model version serves and how complete its gallery is
+  (:func:`selfreid.pipeline.serving.backfill.serving_statement`);
 * **cross-camera identities**: each global identity with its sightings side by side per camera
   (the served model version's gallery; see :func:`selfreid.pipeline.serving.api.report_identities`);
 * **timeline**: every sighting as a bar in its camera's lane, one colour per identity (SVG);
@@ -25,13 +27,19 @@ import html
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import redis
 
 from selfreid.pipeline.config import AppConfig
+from selfreid.pipeline.runtime.status import media_origins, media_position
+
+if TYPE_CHECKING:
+    from selfreid.pipeline.serving.search import Identity, IdentitySearch
 
 __all__ = ["EVALUATION_FILE", "ReportData", "collect_report", "render_html", "timeline_svg", "curve_svg",
            "throughput_rows", "write_report"]
@@ -68,15 +76,21 @@ class CycleView:
 @dataclass
 class ReportData:
     generated: str
-    version: str
+    version: str  # the gallery shown
     note: str
-    identities: list = field(default_factory=list)
+    serving: str = ""  # which version serves and how complete its gallery is (the header)
+    identities: list[Identity] = field(default_factory=list)
     cameras: list[CameraView] = field(default_factory=list)
     timeline: str = ""
     cycles: list[CycleView] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
     throughput: list[dict[str, Any]] = field(default_factory=list)
     throughput_source: str = ""
+    origins: dict[str, list[float]] = field(default_factory=dict)  # recorded camera -> media time origins
+
+    def position(self, camera_id: str, ts: float) -> str | None:
+        """Where in the recording ``ts`` is (``"1:05"``); ``None`` for a live camera."""
+        return media_position(self.origins.get(camera_id, []), ts)
 
     @property
     def across(self) -> int:
@@ -130,10 +144,19 @@ def pack_rows(spans: Sequence[tuple[float, float]]) -> list[int]:
     return rows
 
 
-def timeline_svg(identities: Sequence, width: int = 960, bar: int = 12, label: int = 110) -> str:
+def _span_text(start: float, end: float, origins: Sequence[float]) -> str:
+    """``"09:31:05-09:31:20"``, plus the position in the recording for a recorded camera."""
+    clock = f"{_clock(start)}-{_clock(end)}"
+    first, last = media_position(origins, start), media_position(origins, end)
+    return f"{clock} (recording {first}-{last})" if first and last else clock
+
+
+def timeline_svg(identities: Sequence[Identity], width: int = 960, bar: int = 12, label: int = 110,
+                 origins: dict[str, list[float]] | None = None) -> str:
     """One lane per camera, one bar per sighting (tracklet) coloured by identity, overlapping sightings
     stacked; identities seen by several cameras are opaque, the others faint. Hover: who, which
-    track, when."""
+    track, when (time of day, and the position in the recording for recorded cameras: ``origins``)."""
+    origins = origins or {}
     sightings = [(i.global_id, len(i.cameras) > 1, s) for i in identities for s in i.sightings]
     if not sightings:
         return ""
@@ -148,13 +171,14 @@ def timeline_svg(identities: Sequence, width: int = 960, bar: int = 12, label: i
         parts.append(f'<rect x="0" y="{top}" width="{width}" height="{height}" fill="{"#f7f7f7" if n % 2 else "#fff"}"/>'
                      f'<text x="4" y="{top + height / 2 + 4:.1f}" font-size="12">{html.escape(cam)}</text>')
         for (gid, multi, s), row in zip(here, rows):
-            tip = f"person {gid}, {s.camera_id} track {s.track_id}, {_clock(s.start)}-{_clock(s.end)}"
+            tip = f"person {gid}, {s.camera_id} track {s.track_id}, {_span_text(s.start, s.end, origins.get(cam, []))}"
             parts.append(f'<rect x="{label + (s.start - t0) * scale:.1f}" y="{top + 4 + row * (bar + 2)}" '
                          f'width="{max((s.end - s.start) * scale, 2.0):.1f}" height="{bar}" rx="3" '
                          f'fill="{identity_colour(gid)}" fill-opacity="{1.0 if multi else 0.35}">'
                          f'<title>{html.escape(tip)}</title></rect>')
         top += height
-    parts.append(f'<text x="{label}" y="{top + 14}" font-size="11">{_clock(t0)}</text>'
+    day = datetime.fromtimestamp(t0, timezone.utc).strftime("%Y-%m-%d")
+    parts.append(f'<text x="{label}" y="{top + 14}" font-size="11">{day} {_clock(t0)} UTC</text>'
                  f'<text x="{width - 10}" y="{top + 14}" font-size="11" text-anchor="end">{_clock(t1)}</text></svg>')
     return (f'<svg class="timeline" viewBox="0 0 {width} {top + 20}" width="100%" role="img" '
             f'aria-label="identities per camera over time" xmlns="http://www.w3.org/2000/svg">' + "".join(parts))
@@ -198,7 +222,7 @@ def curve_svg(history: Sequence[dict[str, Any]], width: int = 460, height: int =
 
 
 # --------------------------------------------------------------------------- sections
-def camera_views(cfg: AppConfig, client) -> list[CameraView]:
+def camera_views(cfg: AppConfig, client: redis.Redis) -> list[CameraView]:
     """Crops per camera and a camera-balanced sample of the newest thumbnails."""
     from selfreid.pipeline.runtime.pool import open_pool
 
@@ -212,7 +236,7 @@ def camera_views(cfg: AppConfig, client) -> list[CameraView]:
     return [CameraView(cam, names.get(cam, cam), counts.get(cam, 0), thumbs[cam]) for cam in sorted(thumbs)]
 
 
-def cycle_views(cfg: AppConfig, client) -> list[CycleView]:
+def cycle_views(cfg: AppConfig, client: redis.Redis) -> list[CycleView]:
     """Every registered version, newest first, with its training curve and gate decision."""
     from selfreid.pipeline.training.registry import ModelRegistry
 
@@ -239,7 +263,8 @@ def _sum_cameras(status: dict[str, Any], key: str) -> float:
     return float(sum(c.get(key, 0) for c in (status.get("cameras") or {}).values()))
 
 
-COUNTERS = {  # stage -> (what is counted, how to read the counter from its status report)
+# stage -> (what is counted, how to read the counter from its status report)
+COUNTERS: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
     "ingest": ("frames", lambda s: _sum_cameras(s, "frames")),
     "embedder": ("crops", lambda s: float(s.get("embedded", 0))),
     "matcher": ("embeddings", lambda s: float(s.get("embeddings", 0))),
@@ -269,7 +294,7 @@ def throughput_rows(first: dict[str, dict[str, Any]], last: dict[str, dict[str, 
     return rows
 
 
-def _status_sources(cfg: AppConfig, client) -> tuple[dict, dict, str]:
+def _status_sources(cfg: AppConfig, client: redis.Redis) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], str]:
     """(first, last, where from): the live status reports when any stage reports, else the last run's."""
     from selfreid.pipeline.orchestration.run import LAST_RUN_STATUS
     from selfreid.pipeline.runtime.status import read_status
@@ -290,24 +315,34 @@ def _status_sources(cfg: AppConfig, client) -> tuple[dict, dict, str]:
 
 def read_evaluation(cfg: AppConfig) -> dict[str, Any] | None:
     try:
-        return json.loads(cfg.path(EVALUATION_FILE).read_text())
+        evaluation: dict[str, Any] = json.loads(cfg.path(EVALUATION_FILE).read_text())
     except (OSError, ValueError):
         return None
+    return evaluation
 
 
-def collect_report(cfg: AppConfig, search) -> ReportData:
+def collect_report(cfg: AppConfig, search: IdentitySearch) -> ReportData:
     """Every section's data (``search``: the :class:`IdentitySearch` of the API or the CLI)."""
     from selfreid.pipeline.serving.api import report_identities
+    from selfreid.pipeline.serving.backfill import serving_statement
 
     version, identities, note = report_identities(search)
     client = search.client
+    served = search.embedder.model_version or ""
+    if version and version != served:  # one statement of who serves (the header), this only says what is shown
+        note = (f"Version {served} has no identity yet (its gallery is still empty), so the identities below "
+                f"come from version {version}'s gallery."
+                if served else f"No model could be loaded; the identities below come from version {version}'s gallery.")
     cycles = cycle_views(cfg, client)
     first, last, source = _status_sources(cfg, client)
+    origins = media_origins(client, cfg.pool.prefix)
     return ReportData(
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         version=version, note=note, identities=identities,
+        serving=serving_statement(client, cfg.pool.prefix, served or None),
         cameras=camera_views(cfg, client),
-        timeline=timeline_svg(identities),
+        timeline=timeline_svg(identities, origins=origins),
+        origins=origins,
         cycles=cycles,
         evaluation=read_evaluation(cfg),
         throughput=throughput_rows(first, last, cycles),
@@ -326,7 +361,7 @@ def render_html(data: ReportData) -> str:
     return env.get_template("report.html").render(r=data)
 
 
-def write_report(cfg: AppConfig, client, out: Path) -> ReportData:
+def write_report(cfg: AppConfig, client: redis.Redis, out: Path) -> ReportData:
     """Collect, render and write the page to ``out``; returns what it shows."""
     from selfreid.pipeline.serving.search import IdentitySearch
 

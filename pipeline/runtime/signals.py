@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM as a stop request for the long-running commands."""
+"""The stop request every long-running service polls, and Ctrl-C / SIGTERM as one."""
 
 from __future__ import annotations
 
@@ -6,9 +6,20 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["stop_on_signals"]
+__all__ = ["StopFlag", "stop_on_signals"]
+
+
+class StopFlag(Protocol):
+    """What a service needs of its stop request: ``threading.Event`` (threads, tests) and
+    ``multiprocessing.Event`` (``selfreid run``'s stage processes) both fit."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 @contextmanager

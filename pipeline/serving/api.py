@@ -4,19 +4,26 @@ Endpoints (``create_app(cfg, redis_url)``):
 
 * ``POST /search?top_k=5&min_score=0.8``: body = the image bytes (JPEG/PNG), e.g.
   ``curl --data-binary @person.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8000/search``.
-  Returns, per person in the image, the identities above ``min_score`` with every sighting (camera,
-  start/end times, base64 JPEG thumbnail). 400 for an undecodable or empty upload, 413 for one over
-  ``api.max_upload_mb``, 503 while no production model exists.
+  Returns, per person in the image (its ``box``, closest identity ``best_global_id`` and
+  ``best_score``), the identities above ``min_score`` with every sighting (camera, start/end times,
+  base64 JPEG thumbnail). 400 for an undecodable or empty upload, 413 for one over
+  ``api.max_upload_mb`` or declaring more than ``api.max_image_pixels``, 503 while no production model exists.
 * ``GET /identities``: every identity of the served model version's gallery (JSON).
 * ``GET /health``: Redis reachable, model version, execution provider (503 when Redis is down).
 * ``GET /report`` (and ``/``): the site report (:mod:`selfreid.pipeline.report.site`): cameras,
   cross-camera identities, timeline, self-training curves and gate decisions, before/after metrics,
   throughput; plus an upload form for the search.
+
+``run_api`` binds the port before anything else and fails (:class:`ApiError`) when it is taken or
+when Redis refuses the password; once it serves it announces the URL and whether a token is needed.
 """
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -25,11 +32,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from selfreid.pipeline.serving.api_auth import require_token, warn_if_exposed
-from selfreid.pipeline.config import AppConfig
-from selfreid.pipeline.serving.embed import StopFlag
+from selfreid.pipeline.config import ApiConfig, AppConfig
+from selfreid.pipeline.runtime.signals import StopFlag
 from selfreid.pipeline.serving.search import IdentitySearch, SearchError
 
-__all__ = ["create_app", "render_report", "report_identities", "run_api"]
+__all__ = ["ApiError", "create_app", "listen_socket", "render_report", "report_identities", "run_api", "startup_message"]
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(RuntimeError):
+    """The API cannot start: its address is taken or invalid, or Redis refuses the password."""
 
 
 def report_identities(search: IdentitySearch) -> tuple[str, list, str]:
@@ -79,7 +92,7 @@ def create_app(cfg: AppConfig, redis_url: str, embedder=None, detector=None) -> 
             "status": "ok" if ok else "redis unavailable",
             "redis": ok,
             "model_version": search.embedder.model_version or None,
-            "provider": getattr(search.embedder, "provider", None),
+            "provider": search.embedder.provider or None,
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -130,17 +143,79 @@ async def _read_upload(request: Request, max_mb: float) -> bytes:
     return bytes(body)
 
 
-def run_api(cfg: AppConfig, redis_url: str, stop: StopFlag) -> None:
-    """Serve on ``api.host:api.port`` until ``stop`` is set."""
+def startup_message(api: ApiConfig) -> str:
+    """Where the API listens and whether it wants a token (printed once it listens)."""
+    host = f"[{api.host}]" if ":" in api.host else api.host
+    url = f"http://{host}:{api.port}"
+    where = " (every interface)" if api.host in ("0.0.0.0", "::") else ""
+    token = ("a token is required: send 'Authorization: Bearer TOKEN' (a browser: open /report?token=TOKEN once)"
+             if api.token is not None else "no token is required (api.token / SELFREID_API_TOKEN not set)")
+    return f"API listening on {url}{where}, report page {url}/report; {token}"
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, or :class:`ApiError` saying why not (port taken, unknown host).
+
+    Bound here, before the server starts, so that a taken port ends the command with an error instead
+    of a server thread that logs it and quietly returns."""
+    sock = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart reuses a port in TIME_WAIT
+        sock.bind(address)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        raise ApiError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; another program may use the "
+                       "port: choose another with api.port or --port") from None
+    return sock
+
+
+def _check_credentials(redis_url: str) -> None:
+    """Stop at start when Redis refuses the password: unlike an outage (answered by /health with 503
+    while the API waits), it never gets better."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise ApiError(f"Redis refused the password of redis.url / $REDIS_URL ({exc})") from None
+    except (redis.RedisError, OSError):
+        pass
+    finally:
+        client.close()
+
+
+def run_api(cfg: AppConfig, redis_url: str, stop: StopFlag, announce: Callable[[str], None] | None = None) -> None:
+    """Serve on ``api.host:api.port`` until ``stop`` is set; ``announce`` (default: the log) gets
+    :func:`startup_message` once the server accepts requests.
+
+    Raises :class:`ApiError` when the port cannot be bound or Redis refuses the password.
+    """
+    _check_credentials(redis_url)
+    sock = listen_socket(cfg.api.host, cfg.api.port)
+    try:
+        warn_if_exposed(cfg.api)
+        _serve_on(sock, create_app(cfg, redis_url), cfg.api, stop, announce or log.info)
+    finally:
+        sock.close()
+
+
+def _serve_on(sock: socket.socket, app: FastAPI, api: ApiConfig, stop: StopFlag, announce: Callable[[str], None]) -> None:
     import uvicorn
 
-    warn_if_exposed(cfg.api)
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg, redis_url), host=cfg.api.host, port=cfg.api.port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, name="selfreid-api", daemon=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="selfreid-api", daemon=True)
     thread.start()
-    while not stop.wait(0.5):
-        if not thread.is_alive():
-            break
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        while not server.started and thread.is_alive() and not stop.wait(0.05):
+            pass
+        if server.started:
+            announce(startup_message(api))
+        while not stop.wait(0.5):
+            if not thread.is_alive():
+                raise ApiError("the API server stopped on its own; see the log above")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -24,19 +24,20 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import redis
 
 from selfreid.pipeline.config import AppConfig
+from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.runtime.signals import StopFlag
+from selfreid.pipeline.runtime.status import publish_status
 from selfreid.pipeline.serving.embedding_store import EmbeddingStore
 from selfreid.pipeline.training.registry import production_key, promoted_channel, verify_file
-from selfreid.pipeline.runtime.pool import open_pool
-from selfreid.pipeline.runtime.status import publish_status
 from selfreid.plugins import registry
 from selfreid.plugins.codec import decode_jpeg
-from selfreid.plugins.contracts import Crop, Embedding, PoolStore
+from selfreid.plugins.contracts import Crop, Embedder, Embedding, PoolStore
 
 __all__ = [
     "run_embedder", "ModelFollower", "EmbedStats", "EmbeddingError", "build_embedder", "embed_with_version",
@@ -51,12 +52,6 @@ RETRY_FAILED_S = 30.0  # a promoted model that failed to load is tried again aft
 IDLE_BLOCK_MS = 500
 
 
-class StopFlag(Protocol):
-    def is_set(self) -> bool: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
-
-
 class ModelFollower:
     """The registry's production model, for every process that serves embeddings.
 
@@ -69,19 +64,20 @@ class ModelFollower:
         self.key = production_key(prefix)
         self.channel = promoted_channel(prefix)
         self.recheck_s = recheck_s
-        self._pubsub = None
+        self._pubsub: redis.client.PubSub | None = None
         self._checked = 0.0
 
-    def _subscribe(self) -> None:
+    def _subscribe(self) -> redis.client.PubSub:
         if self._pubsub is None:
             self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             self._pubsub.subscribe(self.channel)
+        return self._pubsub
 
     def latest(self) -> dict[str, Any] | None:
         """The newest production record seen (a promotion message or the key), or ``None``."""
-        self._subscribe()
+        pubsub = self._subscribe()
         record = None
-        while (message := self._pubsub.get_message(timeout=0)) is not None:
+        while (message := pubsub.get_message(timeout=0)) is not None:
             record = _parse_record(message.get("data")) or record
         if record is None and time.monotonic() - self._checked >= self.recheck_s:
             record = _parse_record(self.client.get(self.key))
@@ -114,7 +110,7 @@ class ProductionLoader:
     ``retry_s``: the production pointer is re-read every few seconds, and each try hashes the file.
     """
 
-    def __init__(self, embedder, retry_s: float = RETRY_FAILED_S) -> None:
+    def __init__(self, embedder: Embedder, retry_s: float = RETRY_FAILED_S) -> None:
         self.embedder = embedder
         self.retry_s = retry_s
         self._failed: tuple[str, float] | None = None  # (version, when to try it again)
@@ -136,7 +132,7 @@ class ProductionLoader:
             raise
 
 
-def build_embedder(cfg: AppConfig):
+def build_embedder(cfg: AppConfig) -> Embedder:
     """The configured embedder plugin (not yet loaded when it follows the registry)."""
     return registry.create("embedders", cfg.embedder.plugin, cfg.embedder.params, where="embedder")
 
@@ -151,11 +147,11 @@ class EmbedStats:
     last_batch_ms: float = 0.0
     state: str = "starting"
 
-    def as_status(self, embedder) -> dict[str, Any]:
+    def as_status(self, embedder: Embedder) -> dict[str, Any]:
         return {
             "state": self.state,
             "model_version": embedder.model_version,
-            "provider": getattr(embedder, "provider", ""),
+            "provider": embedder.provider,
             "embedded": self.embedded,
             "batches": self.batches,
             "rejected": dict(self.rejected),
@@ -168,12 +164,12 @@ class EmbedStats:
 class _EmbedLoop:
     """One embedder instance's state; :func:`run_embedder` drives it."""
 
-    def __init__(self, cfg: AppConfig, client: redis.Redis, pool: PoolStore, embedder) -> None:
+    def __init__(self, cfg: AppConfig, client: redis.Redis, pool: PoolStore, embedder: Embedder) -> None:
         self.cfg, self.client, self.pool, self.embedder = cfg, client, pool, embedder
         prefix = cfg.pool.prefix
         self.store = EmbeddingStore(client, prefix, cfg.embedder.stream_maxlen)
         self.rejected_key = f"{prefix}:embedder:rejected"
-        self.follower = None if _fixed(embedder) else ModelFollower(client, prefix)
+        self.follower = ModelFollower(client, prefix) if embedder.follows_registry else None
         self.consumer = f"embedder-{socket.gethostname()}-{os.getpid()}"
         self.stats = EmbedStats()
         self.loader = ProductionLoader(embedder)
@@ -183,7 +179,7 @@ class _EmbedLoop:
         if self.follower is None:
             return
         record = self.follower.latest()
-        if not self.loader.due(record):
+        if record is None or not self.loader.due(record):
             return
         try:
             self.loader.load(record)
@@ -207,7 +203,9 @@ class _EmbedLoop:
         """Embed, then store and ack in one transaction; corrupt JPEGs are recorded with their reason and
         acked too."""
         started = time.perf_counter()
-        good, images, bad = [], [], []
+        good: list[Crop] = []
+        images: list[np.ndarray] = []
+        bad: list[Crop] = []
         for crop in crops:
             image = decode_jpeg(crop.jpeg)
             (good if image is not None else bad).append(crop)
@@ -255,23 +253,14 @@ class _EmbedLoop:
         log.warning("%d crop(s) rejected: %s", len(crops), reason)
 
 
-def _fixed(embedder) -> bool:
-    settings = getattr(embedder, "settings", None)
-    return bool(getattr(settings, "model", None))
-
-
 class EmbeddingError(ValueError):
     """The model gave vectors with NaN or infinite values: they must never reach the gallery."""
 
 
-def embed_with_version(embedder, images: list[np.ndarray]) -> tuple[np.ndarray, str]:
+def embed_with_version(embedder: Embedder, images: list[np.ndarray]) -> tuple[np.ndarray, str]:
     """Vectors and the version that produced them (exact even across a concurrent hot swap).
     Raises :class:`EmbeddingError` when any vector is not finite."""
-    if hasattr(embedder, "embed_versioned"):
-        vectors, version = embedder.embed_versioned(images)
-    else:
-        version = embedder.model_version
-        vectors = embedder.embed(images)
+    vectors, version = embedder.embed_versioned(images)
     bad = int((~np.isfinite(vectors).reshape(len(images), -1).all(axis=1)).sum())
     if bad:
         raise EmbeddingError(f"model {version} gave NaN or infinite values for {bad} of {len(images)} crop(s)")
@@ -282,7 +271,7 @@ def _embedding(crop: Crop, vector: np.ndarray, version: str) -> Embedding:
     return Embedding(crop.crop_id or "", crop.camera_id, crop.timestamp, crop.track_id, vector, version, crop.confidence)
 
 
-def run_embedder(cfg: AppConfig, redis_url: str, stop: StopFlag, embedder=None) -> EmbedStats:
+def run_embedder(cfg: AppConfig, redis_url: str, stop: StopFlag, embedder: Embedder | None = None) -> EmbedStats:
     """Run until ``stop`` is set; returns the counters. ``embedder`` overrides the configured plugin."""
     client = redis.Redis.from_url(redis_url)
     loop = _EmbedLoop(cfg, client, open_pool(cfg, client), embedder or build_embedder(cfg))
@@ -291,7 +280,7 @@ def run_embedder(cfg: AppConfig, redis_url: str, stop: StopFlag, embedder=None) 
         while not stop.is_set():
             try:
                 loop.follow_registry()
-                if not getattr(loop.embedder, "loaded", True):
+                if not loop.embedder.loaded:
                     loop.stats.state = "waiting for a production model"
                     stop.wait(1.0)
                 else:

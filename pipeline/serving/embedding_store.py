@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import redis
@@ -43,7 +44,7 @@ class EmbeddingStore:
         ``pipe`` the writes are only queued on it (for the caller's transaction) and ``[]`` is returned."""
         queue = self.client.pipeline(transaction=False) if pipe is None else pipe
         for emb, jpeg in items:
-            fields = {
+            fields: dict[Any, Any] = {
                 "crop": emb.crop_id,
                 "cam": emb.camera_id,
                 "ts": repr(float(emb.timestamp)),
@@ -69,7 +70,7 @@ class EmbeddingStore:
     def read(self, group: str, consumer: str, count: int, block_ms: int = 0, pending: bool = False) -> list[StoredEmbedding]:
         """New entries for ``group`` (``pending=True``: this consumer's unacknowledged ones, after a crash)."""
         self._ensure_group(group)
-        reply = self.client.xreadgroup(group, consumer, {self.key: "0" if pending else ">"}, count=count,
+        reply: Any = self.client.xreadgroup(group, consumer, {self.key: "0" if pending else ">"}, count=count,
                                        block=None if pending else block_ms)
         out, gone = [], []
         for _, entries in reply or []:

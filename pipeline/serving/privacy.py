@@ -27,13 +27,13 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any
 
 import redis
 
 from selfreid.pipeline.config import AppConfig
-from selfreid.pipeline.serving.embedding_store import EmbeddingStore
 from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.serving.embedding_store import EmbeddingStore
+from selfreid.plugins.contracts import Matcher
 from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord, parse_tracklet_key
 from selfreid.plugins.streams import server_ms
 
@@ -80,7 +80,7 @@ class ForgetReport(_Deleted):
     events: int = 0
 
 
-def enforce_retention(cfg: AppConfig, client: redis.Redis, matcher: Any = None) -> RetentionReport:
+def enforce_retention(cfg: AppConfig, client: redis.Redis, matcher: Matcher | None = None) -> RetentionReport:
     """Delete every crop, embedding, event and gallery tracklet older than the pool's retention.
 
     ``matcher`` (the running one, so its memory agrees with Redis) prunes the gallery; without it the
@@ -92,7 +92,7 @@ def enforce_retention(cfg: AppConfig, client: redis.Redis, matcher: Any = None) 
         return RetentionReport()
     now_ms = server_ms(client)
     store = GalleryStore(client, cfg.pool.prefix)
-    pruned = matcher.prune(now=now_ms / 1000, max_age_s=age_s) if hasattr(matcher, "prune") else 0
+    pruned = matcher.prune(now=now_ms / 1000, max_age_s=age_s) if matcher is not None else 0
     return RetentionReport(
         crops=pool.expire(),
         embeddings=EmbeddingStore(client, cfg.pool.prefix).expire(age_s, now_ms),

@@ -6,11 +6,17 @@ exists: a folder the operator names, the pool, the sample data, and finally gene
 images. Parity compares the exported graph with the torch model on the same inputs, so synthetic
 images test the export as well as real crops do; real crops are preferred only because they also
 exercise the value range a site produces.
+
+Version 1 gets its association calibration from the pool when the pool holds tracklets to fit it on
+(:func:`pool_calibrator`); on a new site it has none (the matcher's default threshold applies) until
+the first training cycle's gate measures it on held-out pool tracklets.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +27,11 @@ from selfreid.pipeline.runtime.pool import open_pool
 from selfreid.pipeline.training.registry import ModelRegistry, ModelVersion, register_checkpoint
 from selfreid.pipeline.training.service import decode_crops
 from selfreid.plugins.assets import shared_data_dir
+from selfreid.reid_model.calibration import AssociationCalibration, CalibrationError, fit_calibration
 
-__all__ = ["IMAGE_SUFFIXES", "generated_person_images", "initialise_registry", "parity_images"]
+__all__ = ["IMAGE_SUFFIXES", "generated_person_images", "initialise_registry", "parity_images", "pool_calibrator"]
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -76,10 +85,35 @@ def parity_images(cfg: AppConfig, client: redis.Redis | None, folder: Path | Non
     return generated_person_images(count, seed=cfg.train.seed)
 
 
+def pool_calibrator(cfg: AppConfig, client: redis.Redis | None) -> Callable[[Path], AssociationCalibration | None]:
+    """``calibrate(onnx_path)``: the model's label-free association calibration fitted on a pool
+    snapshot (``service.snapshot_crops`` crops: tracklet halves vs cannot-link tracklets), or None when
+    there is no pool or it holds too few pairs."""
+
+    def calibrate(onnx: Path) -> AssociationCalibration | None:
+        from selfreid.reid_model.export import embed_onnx
+
+        crops = open_pool(cfg, client).snapshot(cfg.service.snapshot_crops) if client is not None else []
+        images, kept = decode_crops(crops)
+        crops = [crops[i] for i in kept]
+        if not crops:
+            return None
+        try:
+            return fit_calibration(embed_onnx(onnx, images), [f"{c.camera_id}/{c.track_id}" for c in crops],
+                                   [c.camera_id for c in crops], [c.timestamp for c in crops],
+                                   min_gap=cfg.service.gate.min_gap_s)
+        except CalibrationError as exc:
+            log.info("no association calibration from the pool yet: %s", exc)
+            return None
+
+    return calibrate
+
+
 def initialise_registry(cfg: AppConfig, registry: ModelRegistry, images: list[np.ndarray]) -> ModelVersion:
     """Register and promote version 1 (the configured pretrained model); returns the serving version.
 
     The heads are seeded with ``train.seed``, so version 1 is the same model on every site and run.
+    Its calibration is fitted on the pool when the registry's Redis holds one (:func:`pool_calibrator`).
     """
     import torch
 
@@ -89,5 +123,6 @@ def initialise_registry(cfg: AppConfig, registry: ModelRegistry, images: list[np
     torch.manual_seed(cfg.train.seed)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_checkpoint(Path(tmp) / "pretrained.pt", build_model(cfg.train.model), cfg.train)
-        version = register_checkpoint(registry, checkpoint, cfg.export, images, metrics={"pretrained": True})
+        version = register_checkpoint(registry, checkpoint, cfg.export, images, metrics={"pretrained": True},
+                                      calibrate=pool_calibrator(cfg, registry.client))
     return registry.promote(version.version)

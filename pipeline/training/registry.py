@@ -3,6 +3,7 @@
 Layout under ``cfg.path(cfg.registry.directory)``::
 
     v0001/  model.onnx  checkpoint.pt  config.json  metrics.json  manifest.json  [model_fp16.onnx ...]
+            [calibration.json]
     v0002/  ...
     production.json     {"version", "onnx", "embedding_dim", "history": [older production versions]}
 
@@ -20,6 +21,16 @@ Redis (prefix ``P`` = ``cfg.pool.prefix``): ``P:models:index`` hash ``version ->
 (with ``status``); ``P:models:production`` = ``{"version", "onnx", "embedding_dim"}``; every
 promotion or rollback PUBLISHes the same JSON on ``P:models:promoted`` (the key serves late joiners).
 
+**Association calibration.** Each version carries the label-free calibration of its matcher
+threshold (:class:`~selfreid.reid_model.calibration.AssociationCalibration`, fitted on the held-out
+pool when the version was gated): in its manifest (``"calibration"``), and in every ``.onnx`` file's
+``metadata_props`` under :data:`~selfreid.reid_model.calibration.CALIBRATION_METADATA_KEY` (written
+before the files are hashed), so a model file copied elsewhere still knows its threshold. A version
+registered without one (version 1 on a site whose pool was empty) is calibrated later by
+:meth:`ModelRegistry.calibrate`, which writes ``calibration.json`` beside the frozen files (the
+manifest and the hashed ONNX stay untouched). ``record()`` (the Redis index entry the matcher reads at
+hot swap) carries whichever exists.
+
 Versions are decimal strings ("1", "2", ...); a version's status is derived, never stored in its
 folder: ``production``, ``retired`` (served before), ``candidate`` (passed the gate, not promoted)
 or ``rejected`` (gate failed; kept for inspection, refused by ``promote`` unless forced).
@@ -35,13 +46,14 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from selfreid.reid_model.calibration import CALIBRATION_METADATA_KEY, AssociationCalibration, CalibrationError
 from selfreid.reid_model.export import atomic_write_bytes, fsync_dir
 
 __all__ = [
@@ -56,6 +68,7 @@ __all__ = [
     "production_key",
     "index_key",
     "promoted_channel",
+    "write_onnx_metadata",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +77,7 @@ MANIFEST = "manifest.json"
 PRODUCTION = "production.json"
 STAGING_PREFIX = ".staging-"
 ONNX_NAME = "model.onnx"
+CALIBRATION_FILE = "calibration.json"
 CHECKPOINT_NAME = "checkpoint.pt"
 MANIFEST_FORMAT = "selfreid-model/1"
 TRAINING_STATE = ("optimizer", "banks", "rng", "step")
@@ -136,6 +150,28 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
+def write_onnx_metadata(path: str | Path, entries: Mapping[str, str]) -> Path:
+    """Set ``metadata_props`` entries of an ONNX file in place (atomically); other entries are kept."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    kept = [p for p in proto.metadata_props if p.key not in entries]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in entries.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return atomic_write_bytes(path, proto.SerializeToString())
+
+
+def _read_late_calibration(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / CALIBRATION_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """One registered version, as read from its manifest."""
@@ -144,6 +180,7 @@ class ModelVersion:
     folder: Path
     manifest: dict[str, Any]
     status: str = "candidate"
+    late_calibration: dict[str, Any] | None = None  # calibration.json, written after registration
 
     @property
     def onnx(self) -> Path:
@@ -170,13 +207,25 @@ class ModelVersion:
     def rejected(self) -> bool:
         return self.gate.get("passed") is False
 
+    @property
+    def calibration(self) -> AssociationCalibration | None:
+        """The version's association calibration (manifest, else ``calibration.json``), or None."""
+        data = self.manifest.get("calibration") or self.late_calibration
+        try:
+            return AssociationCalibration.from_dict(data) if data else None
+        except CalibrationError:
+            log.warning("model version %s: unreadable calibration record ignored", self.version)
+            return None
+
     def pointer(self) -> dict[str, Any]:
         """The production pointer JSON (Redis key and pub/sub message)."""
         return {"version": self.version, "onnx": str(self.onnx.resolve()), "embedding_dim": self.embedding_dim}
 
     def record(self) -> dict[str, Any]:
         """The Redis index entry: the manifest plus the derived status and the absolute ONNX path."""
-        return {**self.manifest, "status": self.status, "onnx": str(self.onnx.resolve())}
+        calibration = self.calibration
+        return {**self.manifest, "status": self.status, "onnx": str(self.onnx.resolve()),
+                "calibration": calibration.to_dict() if calibration else None}
 
 
 @dataclass
@@ -234,7 +283,8 @@ class ModelRegistry:
         for folder in sorted(self.root.glob("v[0-9]*")):
             manifest = self._read_manifest(folder) if folder.is_dir() else None
             if manifest is not None:
-                out.append(ModelVersion(manifest["version"], folder, manifest, self._status(manifest, prod)))
+                out.append(ModelVersion(manifest["version"], folder, manifest, self._status(manifest, prod),
+                                        _read_late_calibration(folder)))
         return sorted(out, key=lambda v: int(v.version))
 
     def get(self, version: str) -> ModelVersion:
@@ -258,10 +308,14 @@ class ModelRegistry:
     def register(self, files: Mapping[str, str | Path], *, embedding_dim: int, parent: str | None = None,
                  config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                  gate: dict[str, Any] | None = None, version: str | None = None,
-                 extra: dict[str, Any] | None = None) -> ModelVersion:
+                 extra: dict[str, Any] | None = None,
+                 calibration: AssociationCalibration | dict[str, Any] | None = None) -> ModelVersion:
         """Copy ``files`` (name in the folder -> source path; must include ``model.onnx``) into a new
         version folder, atomically: staging folder, fsync, manifest last, rename. A failed write (disk
-        full, quota, permissions) is a :class:`RegistryError` naming the file, and leaves nothing behind."""
+        full, quota, permissions) is a :class:`RegistryError` naming the file, and leaves nothing behind.
+
+        ``calibration`` (the version's label-free association calibration) goes into the manifest and
+        into every ``.onnx`` file's metadata before the files are hashed."""
         if ONNX_NAME not in files:
             raise RegistryError(f"a model version needs {ONNX_NAME}")
         version = normalise_version(version) if version else self.next_version()
@@ -271,7 +325,10 @@ class ModelRegistry:
         staging = self.root / f"{STAGING_PREFIX}{_folder_name(version)}-{uuid.uuid4().hex[:8]}"
         try:
             staging.mkdir()
-            manifest = self._stage(staging, files, version, embedding_dim, parent, config, metrics, gate, extra)
+            if isinstance(calibration, dict):
+                calibration = AssociationCalibration.from_dict(calibration)
+            manifest = self._stage(staging, files, version, embedding_dim, parent, config, metrics, gate,
+                                   {**(extra or {}), "calibration": calibration.to_dict() if calibration else None})
             staging.rename(final)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -289,8 +346,11 @@ class ModelRegistry:
     def _stage(self, staging: Path, files: Mapping[str, str | Path], version: str, embedding_dim: int,
                parent: str | None, config: dict | None, metrics: dict | None, gate: dict | None,
                extra: dict | None) -> dict[str, Any]:
+        calibration = (extra or {}).get("calibration")
         for name, source in files.items():
             _copy_durable(Path(source), staging / name)
+            if calibration and name.endswith(".onnx"):
+                write_onnx_metadata(staging / name, {CALIBRATION_METADATA_KEY: json.dumps(calibration, sort_keys=True)})
         _write_json(staging / "config.json", config or {})
         _write_json(staging / "metrics.json", metrics or {})
         names = [*files, "config.json", "metrics.json"]
@@ -312,6 +372,20 @@ class ModelRegistry:
         """Check every file's SHA-256 against the manifest (done before promoting)."""
         for name in version.manifest["files"]:
             verify_file(version.folder / name)
+
+    def calibrate(self, version: str, calibration: AssociationCalibration) -> ModelVersion:
+        """Give a version registered without a calibration its first one (``calibration.json``,
+        atomic) and mirror it; a version that has one keeps it (RegistryError), since its ONNX metadata
+        and the decisions made with it must stay consistent."""
+        target = self.get(version)
+        if target.calibration is not None:
+            raise RegistryError(f"model version {target.version} is calibrated already "
+                                f"(threshold {target.calibration.threshold:.4f})")
+        _write_json(target.folder / CALIBRATION_FILE, calibration.to_dict())
+        updated = ModelVersion(target.version, target.folder, target.manifest, target.status, calibration.to_dict())
+        self._mirror_index([updated])
+        log.info("model version %s calibrated: threshold %.4f", target.version, calibration.threshold)
+        return updated
 
     def promote(self, version: str, *, force: bool = False) -> ModelVersion:
         """Make ``version`` the production model: verify, write ``production.json`` atomically, then
@@ -343,7 +417,7 @@ class ModelRegistry:
     def _set_production(self, target: ModelVersion, history: list[str]) -> ModelVersion:
         pointer = target.pointer()
         _write_json(self.root / PRODUCTION, {**pointer, "history": history, "promoted": time.time()})
-        promoted = ModelVersion(target.version, target.folder, target.manifest, "production")
+        promoted = ModelVersion(target.version, target.folder, target.manifest, "production", target.late_calibration)
         self._mirror_production(pointer)
         self._mirror_index(self.versions())
         if self.client is not None:
@@ -419,10 +493,13 @@ def slim_checkpoint(source: str | Path, target: str | Path) -> Path:
 
 
 def register_checkpoint(registry: ModelRegistry, checkpoint: str | Path, export_cfg, crops: list,
-                        parent: str | None = None, metrics: dict[str, Any] | None = None) -> ModelVersion:
+                        parent: str | None = None, metrics: dict[str, Any] | None = None,
+                        calibrate: Callable[[Path], AssociationCalibration | None] | None = None) -> ModelVersion:
     """Export a trained checkpoint (FP32 plus the configured variants), parity-check it on ``crops``
     (real BGR images) and register it as the next version. No gate runs here: the caller decides
-    (``selfreid models export`` is an operator's explicit choice; the service gates its own)."""
+    (``selfreid models export`` is an operator's explicit choice; the service gates its own).
+    ``calibrate(onnx_path)`` may return the exported model's association calibration (e.g. fitted on
+    the pool), stored with the version."""
     import tempfile
 
     from selfreid.reid_model.checkpoint import load_model, read_checkpoint
@@ -436,7 +513,9 @@ def register_checkpoint(registry: ModelRegistry, checkpoint: str | Path, export_
                                slim=export_cfg.slim, fp16=export_cfg.fp16, int8=export_cfg.int8,
                                variant_min_cosine=export_cfg.variant_min_cosine)
         files = {**bundle.files, CHECKPOINT_NAME: slim_checkpoint(checkpoint, Path(tmp) / CHECKPOINT_NAME)}
+        calibration = calibrate(Path(bundle.files[ONNX_NAME])) if calibrate else None
         return registry.register(files, embedding_dim=bundle.embedding_dim, parent=parent, version=version,
+                                 calibration=calibration,
                                  config=train_cfg.model_dump(mode="json"),
                                  metrics={"parity": bundle.parity, **(metrics or {})},
                                  extra={"source": str(checkpoint), "epoch": int(read_checkpoint(checkpoint)["epoch"])})

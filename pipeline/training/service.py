@@ -13,10 +13,14 @@ starts a cycle when one of its triggers fires (:class:`Triggers`):
 A cycle (:class:`Cycle`) runs through stages, recording each one in ``{state_dir}/cycle.json``
 (atomic writes) before moving on, so a killed service resumes the same cycle where it stopped:
 
-1. ``snapshot``: a camera-balanced pool snapshot, decoded and saved to ``snapshot.npz``; whole
-   tracklets (``camera/track`` keys) are held out for the gate (``service.holdout_fraction``);
+1. ``snapshot``: a camera-balanced pool snapshot, decoded and saved to ``snapshot.npz`` with each
+   crop's camera, track and timestamp; whole tracklets (``camera/track`` keys) are held out for the
+   gate (``service.holdout_fraction``);
 2. ``train``: the SCL trainer warm-starts from the production checkpoint with tracklet keys as
-   groups; it checkpoints every epoch in ``train/`` and resumes from there after a crash;
+   groups and the timestamps (``train.mode: site`` uses both); it checkpoints every epoch in
+   ``train/`` and resumes from there after a crash. With ``train.interpolation.enabled`` the
+   result is then interpolated toward the production weights, the mixing weight chosen label-free
+   on the training crops (:func:`~selfreid.reid_model.interpolation.conservative_update`);
 3. ``export``: weights sanity check, ONNX export under the reserved version number, parity check;
 4. ``gate``: :func:`~selfreid.pipeline.training.gate.run_gate` against the production ONNX;
 5. ``register`` and ``promote``: the registry's atomic write and promotion (pub/sub).
@@ -33,25 +37,28 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import redis
 
 from selfreid.pipeline.config import AppConfig
+from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.runtime.signals import StopFlag
+from selfreid.pipeline.runtime.status import publish_status
 from selfreid.pipeline.training.gate import Holdout, nonfinite_parameters, run_gate
 from selfreid.pipeline.training.registry import ModelRegistry, open_registry, slim_checkpoint
-from selfreid.pipeline.runtime.pool import open_pool
-from selfreid.pipeline.runtime.status import publish_status
 from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.contracts import Crop, PoolStore
 from selfreid.reid_model.checkpoint import load_model, read_checkpoint
 from selfreid.reid_model.data import ArrayCropDataset
 from selfreid.reid_model.export import ExportError, atomic_write_bytes, embed_onnx, export_bundle
-from selfreid.reid_model.trainer import LAST, LOG as TRAIN_LOG, SCLTrainer
+from selfreid.reid_model.interpolation import conservative_update
+from selfreid.reid_model.trainer import LAST, SCLTrainer
+from selfreid.reid_model.trainer import LOG as TRAIN_LOG
 
 __all__ = ["CycleReport", "Cycle", "Triggers", "run_train_service", "decode_crops"]
 
@@ -63,12 +70,6 @@ STATUS_EVERY_S = 5.0
 
 class CycleInterrupted(Exception):
     """``stop`` was set during training; the cycle resumes from its last checkpoint on the next start."""
-
-
-class StopFlag(Protocol):
-    def is_set(self) -> bool: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -102,6 +103,7 @@ class Snapshot:
     camera_ids: list[str]
     track_ids: list[int]
     holdout: np.ndarray  # bool [N]
+    times: list[float] | None = None  # capture timestamps, seconds (None: a snapshot from before they were kept)
 
     @property
     def groups(self) -> list[str]:
@@ -112,15 +114,16 @@ class Snapshot:
         buffer = io.BytesIO()
         np.savez(buffer, data=np.frombuffer(b"".join(self.jpegs), np.uint8), offsets=offsets,
                  cams=np.array(self.camera_ids, dtype=str), tracks=np.array(self.track_ids, np.int64),
-                 holdout=self.holdout)
+                 holdout=self.holdout, **({"times": np.array(self.times, np.float64)} if self.times is not None else {}))
         atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
-    def load(cls, path: Path) -> "Snapshot":
+    def load(cls, path: Path) -> Snapshot:
         with np.load(path, allow_pickle=False) as f:
             data, offsets = f["data"].tobytes(), f["offsets"]
             jpegs = [data[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-            return cls(jpegs, f["cams"].tolist(), f["tracks"].tolist(), f["holdout"].astype(bool))
+            times = f["times"].tolist() if "times" in f.files else None
+            return cls(jpegs, f["cams"].tolist(), f["tracks"].tolist(), f["holdout"].astype(bool), times)
 
     def images(self) -> list[np.ndarray]:
         return [decode_jpeg(j) for j in self.jpegs]
@@ -150,7 +153,8 @@ def take_snapshot(pool: PoolStore, cfg: AppConfig, seed: int) -> Snapshot:
     crops = [crops[i] for i in kept]
     groups = [f"{c.camera_id}/{c.track_id}" for c in crops]
     mask = holdout_mask(groups, cfg.service.holdout_fraction, seed)
-    return Snapshot([c.jpeg for c in crops], [c.camera_id for c in crops], [c.track_id for c in crops], mask)
+    return Snapshot([c.jpeg for c in crops], [c.camera_id for c in crops], [c.track_id for c in crops], mask,
+                    [c.timestamp for c in crops])
 
 
 # --------------------------------------------------------------------------- one cycle
@@ -172,6 +176,7 @@ class CycleReport:
     train_loss: float | None = None
     epochs: int | None = None
     checkpoint: str | None = None
+    interpolation: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, float] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
     train_crops: int = 0
@@ -191,7 +196,7 @@ class Cycle:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def start_or_resume(cls, cfg: AppConfig, pool: PoolStore, registry: ModelRegistry, reason: str) -> "Cycle":
+    def start_or_resume(cls, cfg: AppConfig, pool: PoolStore, registry: ModelRegistry, reason: str) -> Cycle:
         """The unfinished cycle of a killed service, else a fresh one."""
         state_file = cfg.path(cfg.service.state_dir) / "cycle.json"
         saved = _read_json(state_file)
@@ -262,8 +267,10 @@ class Cycle:
         snap, images = self._snapshot_data()
         train = np.flatnonzero(~snap.holdout)
         cams = sorted(set(snap.camera_ids))
-        dataset = ArrayCropDataset([images[i] for i in train], [cams.index(snap.camera_ids[i]) for i in train],
-                                   [snap.groups[i] for i in train])
+        pick = lambda values: [values[i] for i in train] if values is not None else None  # noqa: E731
+        train_images, groups, times = pick(images), pick(snap.groups), pick(snap.times)
+        camera_codes = [cams.index(snap.camera_ids[i]) for i in train]
+        dataset = ArrayCropDataset(train_images, camera_codes, groups, times)
         out_dir = self.dir / "train"
         if (out_dir / LAST).is_file():
             state = read_checkpoint(out_dir / LAST)
@@ -282,6 +289,11 @@ class Cycle:
             dataset, out_dir, init_checkpoint=init, resume=True)
         self.report.checkpoint, self.report.epochs = str(result.checkpoint), result.epochs
         self.report.train_loss = result.metrics.get("loss")
+        choice = conservative_update(result.checkpoint, cfg, init, train_images, groups, camera_codes, times)
+        if choice is not None:
+            self.report.checkpoint = str(choice.checkpoint)
+            scores = {str(a): v if np.isfinite(v) else None for a, v in choice.scores.items()}
+            self.report.interpolation = {"alpha": choice.alpha, "separation": scores}
         return None
 
     def _load_candidate(self):
@@ -321,6 +333,7 @@ class Cycle:
             return self._gate_outcome()  # registered just before a crash
         files = {p.name: p for p in (self.dir / "export").glob("*.onnx")}
         metrics = {"parity": self.report.parity, "gate": self.report.gate, "train_crops": self.report.train_crops,
+                   "interpolation": self.report.interpolation,
                    "epochs": self.report.epochs, "cycle": self.report.cycle_id, "reason": self.report.reason,
                    "history": self._history(), "started": self.report.started}
         files["checkpoint.pt"] = slim_checkpoint(self.report.checkpoint, self.dir / "export" / "checkpoint.pt")
@@ -426,7 +439,7 @@ class _Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="train-status", daemon=True)
 
-    def __enter__(self) -> "_Heartbeat":
+    def __enter__(self) -> _Heartbeat:
         self._thread.start()
         return self
 

@@ -81,7 +81,7 @@ def preprocess(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
         rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image[:, :, 2::-1]
         pil = Image.fromarray(np.ascontiguousarray(rgb))
         if pil.size != (spec.width, spec.height):
-            pil = pil.resize((spec.width, spec.height), Image.BILINEAR)
+            pil = pil.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
         pixels = np.asarray(pil, np.float32)
         if spec.channel_order == "BGR":
             pixels = pixels[:, :, ::-1]
@@ -192,6 +192,11 @@ class OnnxEmbedder:
     @property
     def loaded(self) -> bool:
         return self._loaded is not None
+
+    @property
+    def follows_registry(self) -> bool:
+        """No fixed ``model`` in the settings: the service loads each promoted version."""
+        return not self.settings.model
 
     @property
     def model_version(self) -> str:

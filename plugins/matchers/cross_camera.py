@@ -8,11 +8,21 @@ How a tracklet gets its global id:
 2. Once a tracklet holds ``min_crops`` crops it is **decided**: its feature is searched in the gallery
    of decided tracklets (a FAISS inner-product index) and the best identity with cosine ``>= threshold``
    wins, subject to: (a) never a tracklet of the same camera that overlaps in time, for any tracklet
-   of that identity; (b) the gap between the two tracklets within ``window_s``; (c) when a
-   ``transitions`` table is given, only listed camera pairs, with travel time in ``[min_s, max_s]``.
-   Otherwise it gets a new id. Ids come from a Redis counter and every decision is persisted, so a new
-   matcher on the same Redis continues with the same ids.
-3. Decided tracklets keep their id; their feature keeps improving as crops arrive.
+   of that identity (cannot-link); (b) the gap between the two tracklets within ``window_s``; (c) when a
+   ``transitions`` table is given, only listed camera pairs, with travel time in ``[min_s, max_s]``;
+   (d) with ``margin > 0``, the best identity beats the runner-up identity by at least ``margin``
+   (an ambiguous match starts a new identity instead). Otherwise it gets a new id. Ids come from a
+   Redis counter and every decision is persisted, so a new matcher on the same Redis continues with
+   the same ids.
+3. Decided tracklets keep their id and their feature keeps improving as crops arrive, with one
+   exception that keeps cannot-link true: when a tracklet grows into a time overlap with another
+   tracklet of its camera and identity, they are two people, and the one that started later leaves
+   for a new identity (event ``new_identity`` with ``reason: cannot_link``).
+
+**Threshold.** Each model version has its own: the ``threshold`` setting when the user pins one (it
+wins), else the version's label-free :class:`~selfreid.reid_model.calibration.AssociationCalibration`
+given by :meth:`CrossCameraMatcher.set_calibration` (at registration / hot swap), else
+:data:`DEFAULT_THRESHOLD` (calibrated for ImageNet features).
 
 **Model versions.** Every gallery belongs to one model version (``P:match:v:{version}``) and a query
 of version v is searched only in v's gallery: no comparison ever mixes versions. After a model swap,
@@ -25,7 +35,7 @@ a dropped version are rejected (counted in ``rejected["retired_version"]``), nev
 Events on ``P:events``: ``new_identity``, ``matched_across_cameras`` and ``matched_within_camera``
 (with ``score`` and the matched tracklet). :meth:`CrossCameraMatcher.prune` drops tracklets older
 than ``max_age_s`` (data time: the newest timestamp seen); the match service also prunes with the
-pool's privacy retention on the server clock (:mod:`selfreid.pipeline.privacy`).
+pool's privacy retention on the server clock (:mod:`selfreid.pipeline.serving.privacy`).
 """
 
 from __future__ import annotations
@@ -43,8 +53,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from selfreid.plugins.contracts import Assignment, Embedding, Index
 from selfreid.plugins.matchers.faiss_index import FaissIndex
 from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord, tracklet_key
+from selfreid.reid_model.calibration import AssociationCalibration
 
-__all__ = ["CrossCameraMatcher", "Transition"]
+__all__ = ["CrossCameraMatcher", "Transition", "DEFAULT_THRESHOLD"]
+
+DEFAULT_THRESHOLD = 0.85  # cosine for a version without calibration; best on vtest for ImageNet features ~0.88
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +120,16 @@ class CrossCameraMatcher:
     class Settings(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
-        threshold: float = Field(
-            0.85, ge=-1, le=1,
-            description="Cosine between tracklet features to join an identity (higher = stricter). Model-dependent: "
-            "calibrate with benchmarks/idf1_vtest.py (best on vtest: ~0.88 for the ImageNet MobileNetV2 baseline, "
-            "~0.5 after SCL adaptation, whose features spread out more).",
+        threshold: float | None = Field(
+            None, ge=-1, le=1,
+            description="Pinned cosine between tracklet features to join an identity (higher = stricter); it wins over "
+            "every model's calibration. None (default) = each model version's label-free calibration, or 0.85 for a "
+            "version without one. Model-dependent: ~0.88 suits the ImageNet baseline on vtest, ~0.5 an SCL-adapted model.",
+        )
+        margin: float = Field(
+            0.0, ge=0, le=2,
+            description="Ratio test: the best identity must beat the runner-up identity by this cosine, else the "
+            "tracklet starts a new identity (0 = off: best above threshold wins).",
         )
         min_crops: int = Field(5, ge=1, description="Crops a tracklet needs before it is decided (more = surer, later).")
         aggregation: Literal["mean", "quality"] = Field(
@@ -142,8 +160,30 @@ class CrossCameraMatcher:
         self._segments = self.store.load_segments()
         self._now = max((s["last_ts"] for s in self._segments.values()), default=0.0)
         self._retired = self.store.retired_versions()
+        self._calibrations: dict[str | None, AssociationCalibration] = {}
+        self._moved: list[Assignment] = []  # tracklets moved to a new identity by a cannot-link, not yet returned
         self.rejected: Counter[str] = Counter()
         self.comparisons: Counter[str] = Counter()  # version -> gallery searches (one version per search)
+
+    # -- calibration --------------------------------------------------------------------------
+    def set_calibration(self, calibration: AssociationCalibration | None, version: str | None = None) -> None:
+        """Use ``calibration`` for ``version``'s decisions (None: for every version without its own).
+
+        Call it when a version is registered or hot-swapped in; ``None`` as calibration forgets it. A
+        pinned ``threshold`` setting still wins. Decisions already made are kept.
+        """
+        if calibration is None:
+            self._calibrations.pop(version, None)
+        else:
+            self._calibrations[version] = calibration
+        log.info("matcher: version %s now links at cosine >= %.3f", version or "(default)", self.threshold(version))
+
+    def threshold(self, version: str | None = None) -> float:
+        """The cosine at or above which ``version``'s tracklets may join an identity."""
+        if self.settings.threshold is not None:
+            return self.settings.threshold
+        calibration = self._calibrations.get(version) or self._calibrations.get(None)
+        return calibration.threshold if calibration is not None else DEFAULT_THRESHOLD
 
     # -- galleries ----------------------------------------------------------------------------
     def gallery(self, version: str, dim: int | None = None) -> _Gallery:
@@ -197,7 +237,11 @@ class CrossCameraMatcher:
         self.store.emit(events, self.settings.events_maxlen)
         # tracklets that ended (no crop for tracklet_gap_s) are decided even with fewer than min_crops
         closed = self._now - self.settings.tracklet_gap_s
-        return assignments + self._decide_pending(lambda rec: rec.end < closed)
+        return assignments + self._decide_pending(lambda rec: rec.end < closed) + self._take_moved()
+
+    def _take_moved(self) -> list[Assignment]:
+        moved, self._moved = self._moved, []
+        return moved
 
     def flush(self) -> list[Assignment]:
         """Decide every pending tracklet now, whatever its crop count (end of a recording, shutdown)."""
@@ -261,6 +305,7 @@ class CrossCameraMatcher:
     def _refresh(self, g: _Gallery, rec: TrackletRecord, events: list[dict], force: bool = False) -> Assignment | None:
         if rec.global_id is not None:
             g.put_decided(rec)  # replaces the index entry with the improved feature
+            self._enforce_cannot_link(g, rec, events)
             return self._assignment(g, rec, 1.0, False)
         carried = self.store.global_id_of(rec.key)
         if carried is not None:  # decided under another model version: same tracklet, same person
@@ -271,28 +316,67 @@ class CrossCameraMatcher:
             return None
         return self._decide(g, rec, events)
 
+    def _best_match(self, g: _Gallery, rec: TrackletRecord) -> tuple[TrackletRecord | None, float]:
+        """The compatible gallery tracklet most similar to ``rec`` (and its cosine) that passes the
+        threshold and the margin over the best compatible tracklet of any other identity."""
+        threshold, margin = self.threshold(g.version), self.settings.margin
+        best, best_score, runner_up = None, -2.0, -2.0
+        for match in g.index.search(rec.feature[None], self.settings.top_k)[0]:  # best first
+            if best is None and match.score < threshold:
+                break
+            other = g.tracklets.get(match.key)
+            if other is None or other.global_id is None or not self._compatible(g, rec, other):
+                continue
+            if best is None:
+                best, best_score = other, match.score
+            elif other.global_id != best.global_id:
+                runner_up = match.score
+                break
+            if margin <= 0:
+                break
+        if best is None or best_score < threshold or best_score - runner_up < margin:
+            return None, best_score
+        return best, best_score
+
     def _decide(self, g: _Gallery, rec: TrackletRecord, events: list[dict]) -> Assignment:
         self.comparisons[g.version] += 1
-        best_gid, best_score, best_other = None, -2.0, None
-        for match in g.index.search(rec.feature[None], self.settings.top_k)[0]:
-            other = g.tracklets.get(match.key)
-            if other is None or other.global_id is None or match.score < self.settings.threshold:
-                continue
-            if match.score > best_score and self._compatible(g, rec, other):
-                best_gid, best_score, best_other = other.global_id, match.score, other
-        base = {"camera_id": rec.camera_id, "track_id": rec.track_id, "tracklet": rec.key,
-                "timestamp": rec.start, "model_version": g.version}
-        if best_gid is None:
-            rec.global_id = self.store.next_global_id()
-            events.append({"type": "new_identity", "global_id": rec.global_id, **base})
-            g.put_decided(rec)
-            return self._assignment(g, rec, 1.0, True)
+        best_other, best_score = self._best_match(g, rec)
+        base = self._event_base(g, rec)
+        if best_other is None:
+            return self._new_identity(g, rec, events)
+        best_gid = best_other.global_id
         rec.global_id = best_gid
         kind = "matched_across_cameras" if best_other.camera_id != rec.camera_id else "matched_within_camera"
         events.append({"type": kind, "global_id": best_gid, "score": round(best_score, 4),
                        "matched_camera_id": best_other.camera_id, "matched_tracklet": best_other.key, **base})
         g.put_decided(rec)
         return self._assignment(g, rec, best_score, False)
+
+    @staticmethod
+    def _event_base(g: _Gallery, rec: TrackletRecord) -> dict:
+        return {"camera_id": rec.camera_id, "track_id": rec.track_id, "tracklet": rec.key,
+                "timestamp": rec.start, "model_version": g.version}
+
+    def _new_identity(self, g: _Gallery, rec: TrackletRecord, events: list[dict], **extra) -> Assignment:
+        rec.global_id = self.store.next_global_id()
+        events.append({"type": "new_identity", "global_id": rec.global_id, **self._event_base(g, rec), **extra})
+        g.put_decided(rec)
+        return self._assignment(g, rec, 1.0, True)
+
+    def _enforce_cannot_link(self, g: _Gallery, rec: TrackletRecord, events: list[dict]) -> None:
+        """``rec`` grew into a time overlap with tracklets of its camera and identity: they are different
+        people, so every such tracklet but the earliest-starting one leaves for a new identity."""
+        clash = [m for k in g.members[rec.global_id] if (m := g.tracklets.get(k)) is not None and m.key != rec.key
+                 and m.camera_id == rec.camera_id and _overlap(m, rec)]
+        if not clash:
+            return
+        left = rec.global_id
+        for leaver in sorted(clash + [rec], key=lambda r: (r.start, r.key))[1:]:
+            g.members[left].discard(leaver.key)
+            moved = self._new_identity(g, leaver, events, reason="cannot_link", left_global_id=left)
+            if leaver is not rec:
+                self.store.save_tracklets(g.version, [leaver])
+                self._moved.append(moved)
 
     def _compatible(self, g: _Gallery, rec: TrackletRecord, other: TrackletRecord) -> bool:
         """Time window and camera topology against ``other``; no same-camera overlap with its identity."""

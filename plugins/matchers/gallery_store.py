@@ -15,7 +15,11 @@ Layout (``P`` = the site prefix):
 * ``P:match:thumbs``: hash tracklet key -> JPEG of the tracklet's latest crop;
 * ``P:events``: the matcher's event stream (``new_identity``, ``matched_across_cameras``, ...);
 * ``P:match:epoch``: a counter bumped when gallery data was deleted behind a running matcher's back
-  (``selfreid forget``): the match service then reloads its galleries from Redis.
+  (``selfreid forget``, a backfill): the match service then reloads its galleries from Redis;
+* ``P:match:applied``: the id of the last ``P:embeddings`` entry whose update is in the gallery, written
+  in the same transaction as that update (:meth:`GalleryStore.applying`): after a crash between the
+  gallery update and the acknowledgement, the re-delivered entries up to it are acknowledged, not
+  counted twice (:meth:`GalleryStore.is_applied`).
 
 Tracklet keys are ``"camera|track|start_ms"``.
 """
@@ -25,12 +29,14 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
+from redis.typing import EncodableT, FieldT
 
 from selfreid.plugins import streams
 from selfreid.plugins.codec import as_text
@@ -74,10 +80,44 @@ class TrackletRecord:
         return json.dumps(data)
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> "TrackletRecord":
+    def from_json(cls, raw: bytes | str) -> TrackletRecord:
         data = json.loads(raw)
         data["feature_sum"] = np.frombuffer(base64.b64decode(data["feature_sum"]), np.float32).copy()
         return cls(**data)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class _Deferred:
+    """A Redis client whose writes are queued on one transaction while its reads go straight to Redis
+    (and so do not see the queued writes). ``pipeline()`` hands out the same transaction."""
+
+    WRITES = frozenset({"hset", "hsetnx", "hdel", "xadd", "sadd", "srem", "delete", "set"})
+
+    def __init__(self, client: redis.Redis, tx: redis.client.Pipeline) -> None:
+        self._client, self._tx = client, tx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx if name in self.WRITES else self._client, name)
+
+    def pipeline(self, transaction: bool = True) -> _Queued:
+        return _Queued(self._tx)
+
+
+class _Queued:
+    """The shared transaction seen as a pipeline of its own: ``execute()`` leaves it to the owner."""
+
+    def __init__(self, tx: redis.client.Pipeline) -> None:
+        self._tx = tx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+    def execute(self) -> list[Any]:
+        return []
 
 
 class GalleryStore:
@@ -93,6 +133,40 @@ class GalleryStore:
     @property
     def events_key(self) -> str:
         return f"{self.prefix}:events"
+
+    # -- exactly-once application of the embeddings stream ---------------------------------------
+    @contextmanager
+    def applying(self, entry_id: str) -> Iterator[None]:
+        """Queue every write made through this store inside the block on one MULTI/EXEC transaction,
+        together with ``entry_id`` as the last applied embeddings entry; it commits when the block ends,
+        and nothing is written when the block raises. Reads inside still go to Redis (they do not see
+        the queued writes), and new global ids are drawn at once (a crash only skips an id).
+
+        Example (the match service)::
+
+            with matcher.store.applying(items[-1].entry_id):
+                matcher.update([i.embedding for i in items])
+            store.ack(GROUP, [i.entry_id for i in items])
+        """
+        real = self.client
+        tx = real.pipeline(transaction=True)
+        self.client = _Deferred(real, tx)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            self.client = real
+        tx.set(self.key("applied"), entry_id)
+        tx.execute()
+
+    def last_applied(self) -> str | None:
+        """The id of the last embeddings entry whose update the gallery holds (``None``: none yet)."""
+        value = self.client.get(self.key("applied"))
+        return as_text(value) if value is not None else None
+
+    def is_applied(self, entry_id: str) -> bool:
+        """The gallery already holds the update of this embeddings entry (ids grow with the stream)."""
+        last = self.last_applied()
+        return last is not None and _id_key(entry_id) <= _id_key(last)
 
     # -- identities --------------------------------------------------------------------------
     def next_global_id(self) -> int:
@@ -120,7 +194,7 @@ class GalleryStore:
             return
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(self.key("v", version), mapping={r.key: r.to_json() for r in records})
-        gids = {r.key: r.global_id for r in records if r.global_id is not None}
+        gids: dict[FieldT, EncodableT] = {r.key: r.global_id for r in records if r.global_id is not None}
         if gids:
             pipe.hset(self.key("gid"), mapping=gids)
         pipe.execute()
@@ -209,20 +283,21 @@ class GalleryStore:
     # -- thumbnails and events -------------------------------------------------------------------
     def save_thumbnails(self, jpegs: dict[str, bytes]) -> None:
         if jpegs:
-            self.client.hset(self.key("thumbs"), mapping=jpegs)
+            # redis' stubs refuse dict[str, bytes]: they take a Mapping, whose key type is invariant
+            self.client.hset(self.key("thumbs"), mapping=jpegs)  # type: ignore[arg-type]
 
     def thumbnails(self, keys: list[str]) -> dict[str, bytes]:
         if not keys:
             return {}
         values = self.client.hmget(self.key("thumbs"), keys)
-        return {k: v for k, v in zip(keys, values) if v is not None}
+        return {k: v for k, v in zip(keys, values) if isinstance(v, bytes)}
 
     def emit(self, events: list[dict[str, Any]], maxlen: int) -> None:
         if not events:
             return
         pipe = self.client.pipeline(transaction=False)
         for event in events:
-            fields = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in event.items()}
+            fields: dict[FieldT, EncodableT] = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in event.items()}
             pipe.xadd(self.events_key, fields, maxlen=maxlen, approximate=True)
         pipe.execute()
 
@@ -237,5 +312,6 @@ class GalleryStore:
 
     def read_events(self, count: int = 100) -> list[dict[str, str]]:
         """The newest ``count`` events, oldest first (for reports and tests)."""
-        entries = self.client.xrevrange(self.events_key, count=count)
+        # an XREVRANGE reply (redis' stubs also allow None ids and fields: only XCLAIM replies have them)
+        entries = cast(list[tuple[bytes, streams.Fields]], self.client.xrevrange(self.events_key, count=count))
         return [{as_text(k): as_text(v) for k, v in fields.items()} for _, fields in reversed(entries)]

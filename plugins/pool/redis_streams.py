@@ -6,6 +6,9 @@ Layout (``P`` = the site prefix, ``cfg.pool.prefix``):
   (``cam``, ``ts``, ``frame``, ``box`` = ``"x1,y1,x2,y2"``, ``track``, ``conf``, ``jpeg``);
 * ``P:cameras``: the set of camera ids that have a pool stream.
 
+On a Redis Cluster ``P`` must be a hash tag (``{site1}``), so that the streams, their consumer
+groups and the multi-stream reads share one slot (see :mod:`selfreid.plugins.streams`).
+
 Why one stream per camera rather than one stream with a camera field:
 
 * **retention per camera**: ``MAXLEN``/``MINID`` trimming applies per stream, so a busy
@@ -139,6 +142,7 @@ class RedisStreamPool:
     ) -> None:
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValueError("the crop pool needs a Redis client with decode_responses=False (JPEG bytes)")
+        streams.require_hash_tag(client, prefix)
         self.settings = settings or self.Settings()
         self.client = client
         self.prefix = prefix

@@ -88,7 +88,7 @@ class _AppSinkReader:
         if message is None:
             return None
         err, _debug = message.parse_error()
-        return err.message
+        return str(err.message)
 
     def release(self) -> None:
         self.pipeline.set_state(self.gst.State.NULL)
@@ -112,6 +112,8 @@ class GStreamerSource(BaseSource):
             description="Live camera (drop late frames, reconnect) or recorded media (keep all, finish).",
         )
         pull_timeout_s: float = Field(10.0, gt=0, description="No frame for this long = stream lost.")
+
+    settings: Settings
 
     def __init__(self, settings: Settings, camera: Any) -> None:
         super().__init__(settings, camera)

@@ -20,8 +20,9 @@ class ImageFolderSource(BaseSource):
     """Sorted images of ``camera.uri`` (a folder) as frames, built as ``cls(settings, camera=...)``.
 
     Files are sorted by name, so zero-padded names (``000001.jpg``) play in order. A file that
-    does not decode is counted as ``corrupt`` and keeps its frame number. Timestamps are the ingest
-    start plus ``(index - 1) / fps``; ``camera.realtime`` plays them at that rate.
+    does not decode is counted as ``corrupt`` and keeps its frame number. Timestamps are media time:
+    ``(index - 1) / fps`` plus ``camera.start_time`` (or the ingest start when none is configured);
+    ``camera.realtime`` plays them at that rate.
     """
 
     class Settings(SourceSettings):
@@ -32,9 +33,14 @@ class ImageFolderSource(BaseSource):
             False, description="Also take images from sub-folders (sorted by relative path)."
         )
 
+    settings: Settings
+
     def __init__(self, settings: Settings, camera: Any) -> None:
         super().__init__(settings, camera)
         self.folder = Path(camera.uri).expanduser()
+        if self.folder.is_file():
+            raise SourceError(f"camera {camera.id}: {self.folder} is a file, not a folder of images "
+                              "(for a video file use source: file)")
         if not self.folder.is_dir():
             raise SourceError(f"camera {camera.id}: image folder not found: {self.folder}")
         pattern = "**/*" if settings.recursive else "*"

@@ -32,7 +32,8 @@ class FileSource(BaseSource):
     """A recorded video file, decoded with OpenCV.
 
     Runs as fast as the consumer pulls unless ``camera.realtime`` (then at native speed).
-    Timestamps are the ingest start time plus the frame's position ``(index - 1) / fps``.
+    Timestamps are media time: the frame's position ``(index - 1) / fps`` plus ``camera.start_time``
+    (when the recording began), or plus the ingest start when no start time is configured.
     With ``params.loop`` the file starts over at its end (soak tests, demos): frame numbers and
     media time go on increasing across passes, so pacing, stride and timestamps stay continuous.
     A missing file raises :class:`SourceError` at construction; a file OpenCV cannot decode
@@ -50,9 +51,14 @@ class FileSource(BaseSource):
             False, description="Start over at the end of the file, forever (counted as 'loops')."
         )
 
+    settings: Settings
+
     def __init__(self, settings: Settings, camera: Any) -> None:
         super().__init__(settings, camera)
         self.path = Path(camera.uri).expanduser()
+        if self.path.is_dir():
+            raise SourceError(f"camera {camera.id}: {self.path} is a directory, not a video file "
+                              "(for a folder of images use source: images)")
         if not self.path.is_file():
             raise SourceError(f"camera {camera.id}: video file not found: {self.path}")
         self.fps: float | None = settings.fps
@@ -113,7 +119,38 @@ class FileSource(BaseSource):
         return 25.0
 
 
-class StreamSource(BaseSource):
+class _CaptureSource(BaseSource):
+    """What :class:`StreamSource` and :class:`WebcamSource` share: a live ``cv2.VideoCapture``
+    (``_open``), reopened with backoff by :meth:`BaseSource._reconnecting`."""
+
+    live = True
+    settings: LiveSettings
+
+    def __init__(self, settings: LiveSettings, camera: Any) -> None:
+        super().__init__(settings, camera)
+        if not camera.uri.strip():
+            raise SourceError(f"camera {camera.id}: empty stream URL")
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _open_reader(self) -> Any:
+        cap = self._open()
+        if cap.isOpened():
+            return cap
+        cap.release()
+        self.problem("open_failed", f"cannot open {self._describe()}")
+        return None
+
+    def _describe(self) -> str:
+        return str(self.camera.uri)
+
+    def _raw_frames(self) -> Iterator[tuple[np.ndarray | None, float]]:
+        for image in self._reconnecting(self._open_reader, self.settings):
+            yield image, self._elapsed()
+
+
+class StreamSource(_CaptureSource):
     """A live network stream (``rtsp://``, ``http://``, ...) through OpenCV's FFmpeg backend.
 
     Never raises for a transient failure: a dead URL or a dropped stream sets ``state`` to
@@ -123,8 +160,6 @@ class StreamSource(BaseSource):
     Frames are read as they arrive; timestamps are the wall clock at capture.
     """
 
-    live = True
-
     class Settings(LiveSettings):
         open_timeout_s: float = Field(10.0, gt=0, description="FFmpeg: give up opening after this long.")
         read_timeout_s: float = Field(
@@ -133,10 +168,10 @@ class StreamSource(BaseSource):
             description="FFmpeg: a frame not arriving for this long = stream lost (also bounds close()).",
         )
 
+    settings: Settings
+
     def __init__(self, settings: Settings, camera: Any) -> None:
         super().__init__(settings, camera)
-        if not camera.uri.strip():
-            raise SourceError(f"camera {camera.id}: empty stream URL")
 
     def _open(self) -> Any:
         import cv2
@@ -149,28 +184,15 @@ class StreamSource(BaseSource):
         ]
         return cv2.VideoCapture(self.camera.uri, cv2.CAP_FFMPEG, timeouts)
 
-    def _open_reader(self) -> Any:
-        cap = self._open()
-        if cap.isOpened():
-            return cap
-        cap.release()
-        self.problem("open_failed", f"cannot open {self._describe()}")
-        return None
 
-    def _describe(self) -> str:
-        return self.camera.uri
-
-    def _raw_frames(self) -> Iterator[tuple[np.ndarray | None, float]]:
-        for image in self._reconnecting(self._open_reader, self.settings):
-            yield image, self._elapsed()
-
-
-class WebcamSource(StreamSource):
+class WebcamSource(_CaptureSource):
     """A local camera by index (``uri: "0"``), with the same reconnection as :class:`StreamSource`."""
 
     class Settings(LiveSettings):
         width: int | None = Field(None, ge=1, description="Requested capture width (the driver may refuse).")
         height: int | None = Field(None, ge=1, description="Requested capture height.")
+
+    settings: Settings
 
     def __init__(self, settings: Settings, camera: Any) -> None:
         super().__init__(settings, camera)

@@ -9,8 +9,9 @@ import pytest
 
 from selfreid.plugins import registry
 from selfreid.plugins.contracts import Embedding, Matcher
-from selfreid.plugins.matchers.cross_camera import CrossCameraMatcher
+from selfreid.plugins.matchers.cross_camera import DEFAULT_THRESHOLD, CrossCameraMatcher
 from selfreid.plugins.matchers.faiss_index import FaissIndex
+from selfreid.reid_model.calibration import AssociationCalibration
 
 DIM = 32
 PEOPLE = np.random.default_rng(0).standard_normal((6, DIM)).astype(np.float32)
@@ -177,3 +178,58 @@ def test_quality_weighting_limits_outliers(redis_client):
         m.update(good + [outlier])
         cos[mode] = float(m.gallery("v1").tracklets[m.tracklet_of("A", 1)].feature @ person0)
     assert cos["quality"] > cos["mean"]
+
+
+def calibration(threshold: float) -> AssociationCalibration:
+    return AssociationCalibration(threshold, "eer", 0.9, 0.05, 0.3, 0.1, 10, 20, 8.5, 1.0)
+
+
+def test_each_version_links_at_its_calibrated_threshold_unless_pinned(redis_client):
+    m = make(redis_client, threshold=None)
+    assert m.threshold("v1") == DEFAULT_THRESHOLD  # no calibration yet: the ImageNet default
+    m.set_calibration(calibration(-0.9), version="v1")  # a model whose different people still score > -0.9
+    m.set_calibration(calibration(0.999), version="v2")
+    a = m.update(crops(0, "A", 1, 0) + crops(0, "A", 1, 0, version="v2"))
+    b = m.update(crops(1, "B", 2, 30) + crops(1, "B", 2, 30, version="v2"))
+    assert m.threshold("v1") == -0.9 and m.threshold("v2") == 0.999
+    gids = {(x.model_version, x.camera_id): x.global_id for x in a + b}
+    assert gids[("v1", "B")] == gids[("v1", "A")]  # v1 links everything above -0.9
+    m.set_calibration(None, version="v1")
+    m.set_calibration(calibration(0.5))  # the default for versions without their own
+    assert m.threshold("v1") == 0.5 and m.threshold("v2") == 0.999
+    pinned = make(redis_client, threshold=0.8)
+    pinned.set_calibration(calibration(-0.9), version="v1")
+    assert pinned.threshold("v1") == 0.8  # a threshold pinned in the config wins
+
+
+def test_margin_leaves_an_ambiguous_match_unlinked(redis_client):
+    u, w = np.eye(DIM, dtype=np.float32)[:2]
+    twins = {0: u, 1: 0.92 * u + 0.39 * w}  # two people at cosine 0.92
+
+    def seen(person: int, camera: str, track: int, t0: float) -> list[Embedding]:
+        return [Embedding(f"{camera}/{track}/{i}", camera, t0 + i, track, twins[person], "v1") for i in range(3)]
+
+    out = {}
+    for margin in (0.0, 0.2):
+        redis_client.flushall()
+        m = make(redis_client, margin=margin, threshold=0.5)
+        a = m.update(seen(0, "A", 1, 0) + seen(1, "A", 2, 0))
+        out[margin] = (gid(a, "A", 1), gid(m.update(seen(0, "B", 3, 30)), "B", 3))
+    assert out[0.0][0] == out[0.0][1]  # best above threshold wins
+    assert out[0.2][0] != out[0.2][1]  # best beats the runner-up by 0.08 < margin: a new identity
+
+
+def test_cannot_link_splits_a_tracklet_that_grows_into_an_overlap(redis_client):
+    m = make(redis_client, threshold=0.5, tracklet_gap_s=10)
+    first = m.update(crops(0, "A", 1, 0, n=3))  # track 1: [0, 2]
+    second = m.update(crops(0, "A", 2, 4, n=3, seed=1))  # track 2 looks the same and starts after: joins
+    assert gid(second, "A", 2) == gid(first, "A", 1)
+    third = m.update(crops(0, "A", 1, 5, n=2, seed=2))  # track 1 goes on at 5-6 s: both on screen at once
+    assert gid(third, "A", 1) == gid(first, "A", 1)  # the earlier one keeps the identity
+    assert gid(third, "A", 2) != gid(first, "A", 1)  # the later one leaves, and the caller is told
+    split = [e for e in events(redis_client) if e.get("reason") == "cannot_link"]
+    assert len(split) == 1 and split[0]["left_global_id"] == str(gid(first, "A", 1))
+    for members in m.identities("v1").values():
+        for x in members:
+            assert not any(y is not x and y.camera_id == x.camera_id and y.start <= x.end and x.start <= y.end
+                           for y in members)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,13 @@ from selfreid.plugins.contracts import Detection
 from selfreid.plugins.detectors.common import DetectorError, letterbox, nms, resolve_device
 from selfreid.plugins.detectors.hog import HogDetector
 from selfreid.plugins.detectors.yolo import YoloDetector
-from selfreid.plugins.detectors.yolox import YoloxOnnxDetector, decode_yolox
+from selfreid.plugins.detectors.yolox import (
+    YoloxOnnxDetector,
+    decode_yolox,
+    dynamic_model,
+    fit_input_hw,
+    session_options,
+)
 
 DETECTORS = {
     "yolo": lambda: YoloDetector(YoloDetector.Settings()),
@@ -94,3 +101,48 @@ def test_hog_boxes_are_shrunk_windows(frames: list[np.ndarray]) -> None:
     assert len(loose) == len(tight) > 0
     assert sorted(round(width(d) * 0.7, 3) for d in loose) == sorted(round(width(d), 3) for d in tight)
     assert all(isinstance(d, Detection) for d in tight)
+
+
+def test_yolox_batch_frames_runs_one_forward_pass_with_the_same_boxes(frames: list[np.ndarray]) -> None:
+    single = YoloxOnnxDetector(YoloxOnnxDetector.Settings())
+    batched = YoloxOnnxDetector(YoloxOnnxDetector.Settings(batch_frames=True))
+    assert batched.batch is None and batched.input_hw == single.input_hw == (416, 416)
+    calls: list[int] = []
+    run = batched.session.run
+    batched.session.run = lambda names, feed: calls.append(len(feed[batched.input_name])) or run(names, feed)  # type: ignore[method-assign]
+    images = [frames[0], frames[1], frames[0]]
+    out = batched.detect(images)
+    assert calls == [3]
+    for got, want in zip(out, single.detect(images)):
+        assert len(got) == len(want) > 0
+        assert np.allclose([d.box for d in got], [d.box for d in want], atol=1e-2)
+
+
+def test_yolox_fit_input_keeps_the_scale_and_drops_the_padding(frames: list[np.ndarray]) -> None:
+    assert fit_input_hw((576, 768, 3), (416, 416)) == (320, 416)
+    assert fit_input_hw((768, 576, 3), (416, 416)) == (416, 320)
+    assert fit_input_hw((416, 416, 3), (416, 416)) == (416, 416)
+    fit = YoloxOnnxDetector(YoloxOnnxDetector.Settings(fit_input=True))
+    assert fit.batch == 1 and fit._batch_hw(frames) == (320, 416)
+    square = YoloxOnnxDetector(YoloxOnnxDetector.Settings()).detect(frames[:1])[0]
+    got = fit.detect(frames[:1])[0]
+    assert len(got) == len(square) > 0
+    assert np.allclose(sorted(d.box for d in got), sorted(d.box for d in square), atol=2.0)
+
+
+def test_yolox_session_threads_follow_the_cores_this_process_may_use() -> None:
+    options = session_options(None, spin=False)
+    assert options.intra_op_num_threads == len(os.sched_getaffinity(0))
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(3, spin=True).intra_op_num_threads == 3
+
+
+def test_dynamic_model_leaves_an_already_dynamic_export_alone(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["output"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph), tmp_path / "dyn.onnx")
+    assert dynamic_model(tmp_path / "dyn.onnx") is None

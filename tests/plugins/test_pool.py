@@ -10,7 +10,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from selfreid.plugins import registry
+from selfreid.plugins import registry, streams
 from selfreid.plugins.contracts import Crop, PoolStore
 from selfreid.plugins.pool.redis_streams import RedisStreamPool, parse_crop_id
 
@@ -185,3 +185,21 @@ def test_a_crop_redis_cannot_encode_is_dropped_not_retried_forever(redis_client)
     ids = pool.add([bad, *make_crops("a", 1)] + make_crops("b", 3))
     assert len(ids) == 3 and pool.stats.dropped == 2 and pool.stats.queued == 0
     assert pool.count_by_camera() == {"b": 3}
+
+
+@pytest.mark.parametrize("key", ["{site1}:pool:cam1", "a{b}c{d}", "{}x{y}", "plain:key", "a{b", "x}{y}", "{site1}"])
+def test_hash_tag_is_the_part_redis_cluster_hashes(key):
+    from redis.crc import key_slot
+
+    tag = streams.hash_tag(key)
+    assert key_slot(key.encode()) == key_slot((tag if tag is not None else key).encode())
+    assert (tag is None) == (key in ("{}x{y}", "plain:key", "a{b"))
+
+
+def test_one_redis_takes_any_prefix_and_tagged_keys_share_one_slot(redis_client):
+    from redis.crc import key_slot
+
+    streams.require_hash_tag(redis_client, "plain")  # a single server has no slots
+    pool = RedisStreamPool(client=redis_client, prefix="{site1}")
+    keys = [pool.stream_key("cam1"), pool.stream_key("cam2"), pool.cameras_key]
+    assert len({key_slot(k.encode()) for k in keys}) == 1

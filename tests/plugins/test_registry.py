@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from selfreid.plugins import registry
-from selfreid.plugins.contracts import Detector, Detection
+from selfreid.plugins.contracts import Detection, Detector
 
 
 @pytest.fixture()
@@ -72,7 +72,7 @@ def test_bad_params_name_the_key(dummy_distribution: Path) -> None:
 
 
 def test_contract_and_import_failures_are_clear(dummy_distribution: Path) -> None:
-    with pytest.raises(registry.PluginError, match="does not implement Detector"):
+    with pytest.raises(registry.PluginError, match="does not implement Detector: it lacks detect "):
         registry.create("detectors", "broken")
     with pytest.raises(registry.PluginError, match="failed to import"):
         registry.load("detectors", "missing")

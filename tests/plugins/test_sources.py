@@ -6,6 +6,7 @@ import importlib.util
 import socket
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
@@ -107,9 +108,26 @@ def test_oversized_frames_are_downscaled_or_rejected(shared_data: Path) -> None:
     assert strict.counters["oversize_rejected"] == 4 and "max_pixels" in strict.last_error
 
 
+def test_a_recording_with_a_start_time_is_stamped_in_media_time(shared_data: Path) -> None:
+    start = datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc)
+    src = FileSource(FileSource.Settings(), camera=camera(vtest_path(shared_data), stride=10,
+                                                          start_time="2026-12-01T10:30:00+01:00"))
+    frames = take(src, 3)
+    assert [f.timestamp - start.timestamp() for f in frames] == pytest.approx([0.0, 1.0, 2.0])  # 10 fps, stride 10
+    assert src.media_origin == start.timestamp()
+    assert camera("x.mp4", start_time="2026-12-01T09:30:00").start_time == start  # no zone = UTC
+    unset = FileSource(FileSource.Settings(), camera=camera(vtest_path(shared_data)))
+    first = take(unset, 1)[0]
+    assert first.timestamp == unset.media_origin and abs(first.timestamp - time.time()) < 60
+    with pytest.raises(ValueError, match="start_time is for recordings"):
+        camera("rtsp://cam/1", source="rtsp", start_time="2026-12-01T09:30:00")
+
+
 def test_missing_and_undecodable_files(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"camera cam1: video file not found: .*nope\.mp4"):
         FileSource(FileSource.Settings(), camera=camera(tmp_path / "nope.mp4"))
+    with pytest.raises(SourceError, match=r"camera cam1: .* is a directory, not a video file \(for a folder of images"):
+        FileSource(FileSource.Settings(), camera=camera(tmp_path))
     bogus = tmp_path / "notes.avi"
     bogus.write_text("not a video at all")
     src = FileSource(FileSource.Settings(), camera=camera(bogus))
@@ -132,6 +150,8 @@ def test_image_folder_in_name_order_with_a_corrupt_file(tmp_path: Path, shared_d
     assert src.counters["corrupt"] == 1 and src.state == SourceState.FINISHED
     with pytest.raises(SourceError, match="image folder not found"):
         ImageFolderSource(ImageFolderSource.Settings(), camera=camera(tmp_path / "missing"))
+    with pytest.raises(SourceError, match="is a file, not a folder of images"):
+        ImageFolderSource(ImageFolderSource.Settings(), camera=camera(tmp_path / "000000.png"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no images"):
         ImageFolderSource(ImageFolderSource.Settings(), camera=camera(tmp_path / "empty"))

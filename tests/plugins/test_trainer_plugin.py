@@ -43,3 +43,19 @@ def test_scl_plugin_rejects_unknown_params() -> None:
 
     with pytest.raises(registry.PluginError, match="unknown key"):
         registry.create("trainers", "scl", {"train": {"epochz": 3}})
+
+
+def test_site_mode_with_interpolation_returns_the_interpolated_checkpoint(tmp_path) -> None:
+    torch.set_num_threads(1)
+    train = {**TINY, "mode": "site", "interpolation": {"enabled": True, "alphas": [0.5, 1.0]}}
+    trainer = registry.create("trainers", "scl", {"train": train})
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (48, 24, 3), dtype=np.uint8) for _ in range(12)]
+    # 4 tracklets of 3 crops in camera 0, two at a time (cannot-link pairs), 1 s apart inside each.
+    groups = [f"0/{i // 3}" for i in range(12)]
+    times = [(i // 6) * 100.0 + i % 3 for i in range(12)]
+    result = trainer.fit(images, [0] * 12, groups, None, str(tmp_path), times=times)
+    assert result.checkpoint.endswith("interpolated.pt")
+    assert result.metrics["interpolation_alpha"] in (0.5, 1.0)
+    model, cfg = load_model(result.checkpoint)
+    assert cfg.mode == "site"

@@ -13,6 +13,7 @@ from selfreid.reid_model.loss import positive_weights, scl_loss
 from selfreid.reid_model.selection import (
     Selection,
     effective_counts,
+    group_constraints,
     pairwise_distance,
     scaled_counts,
     select_neighbours,
@@ -101,9 +102,10 @@ def test_camera_penalty_changes_the_ranking() -> None:
 def test_tracklet_positives_come_first_and_are_never_negatives() -> None:
     dist = torch.tensor([[0.0, 0.1, 0.2, 0.9, 0.95, 0.3, 0.4]])
     groups = torch.tensor([0, -1, -1, 0, 0, -1, -1])
-    sel = select_neighbours(dist, torch.tensor([0]), positives=3, negatives=3, groups=groups)
+    same = group_constraints(groups, torch.tensor([0]))
+    sel = select_neighbours(dist, torch.tensor([0]), positives=3, negatives=3, constraints=same)
     assert sel.index[0].tolist() == [0, 3, 4, 1, 2, 5, 6]
-    sel = select_neighbours(dist, torch.tensor([0]), positives=1, negatives=4, groups=groups)
+    sel = select_neighbours(dist, torch.tensor([0]), positives=1, negatives=4, constraints=same)
     assert sel.index[0, 1] == 3 and 4 not in sel.index[0, 2:].tolist()
 
 

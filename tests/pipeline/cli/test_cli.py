@@ -51,3 +51,35 @@ def test_config_check_validates_plugin_params(tmp_path: Path, params: dict, mess
     cfg.write_text(f"ingest:\n  detector: {{plugin: hog, params: {params}}}\n")
     result = runner.invoke(app, ["config", "check", str(cfg)])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_data_dir_is_created_only_where_it_is_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the embedded Redis (no redis.url) the data directory is made at load; with an external
+    Redis only commands that write there ask for it, so a read-only container still runs ingest."""
+    import typer
+
+    from selfreid.pipeline.cli.common import load_or_fail
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    fresh = tmp_path / "site.yaml"
+    fresh.write_text(f"data_dir: {tmp_path / 'new' / 'data'}\n")
+    assert load_or_fail(fresh).data_dir == str(tmp_path / "new" / "data") and (tmp_path / "new" / "data").is_dir()
+
+    (tmp_path / "file").write_text("")
+    blocked = tmp_path / "blocked.yaml"
+    blocked.write_text(f"data_dir: {tmp_path / 'file' / 'data'}\n")
+    with pytest.raises(typer.Exit) as exited:
+        load_or_fail(blocked)
+    assert exited.value.exit_code == 2
+    assert load_or_fail(blocked, data_dir=False).data_dir.endswith("data")  # config show / check / doctor
+    monkeypatch.setenv("REDIS_URL", "redis://:secret@127.0.0.1:1/0")
+    assert load_or_fail(blocked).redis.url  # external Redis: nothing to create here
+    with pytest.raises(typer.Exit):
+        load_or_fail(blocked, data_dir=True)  # run, demo, train: logs and checkpoints live there
+
+
+def test_output_file_makes_its_folder(tmp_path: Path) -> None:
+    from selfreid.pipeline.cli.common import output_file
+
+    target = tmp_path / "reports" / "today" / "site.html"
+    assert output_file(target, "--out") == target and target.parent.is_dir() and not target.exists()

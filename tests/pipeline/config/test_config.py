@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from selfreid.pipeline.config import AppConfig, ConfigError, load_config
 
@@ -61,7 +62,7 @@ def test_environment_overrides_redis_url(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_configs_are_frozen() -> None:
     cfg = AppConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.train.scl.positives = 3  # type: ignore[misc]
 
 

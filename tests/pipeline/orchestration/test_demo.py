@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,11 @@ def test_demo_measures_before_and_after_and_reports_in_a_browser(demo_run, tmp_p
     assert 'class="identity multi"' in dom, "no cross-camera identity gallery on the page"
     assert dom.count('<div class="cam camera">') == 2 and '<svg class="timeline"' in dom
     assert '<svg class="curve"' in dom and "Validation gate:" in dom
+    # one statement of which version serves, with how complete its gallery is (backfilled at promotion)
+    header = " ".join(re.search(r'<div class="meta" id="serving">(.*?)</div>', dom, re.S).group(1).split())
+    assert dom.count(" serves") == 1 and re.match(r"Model version \d+ serves; ", header), header
+    if evaluation["after_status"] == "production":
+        assert header.startswith("Model version 2 serves; ") and "earlier tracklets carried over" in header, header
     # the numbers on the page are the measured ones
     assert f"{conreid['before']['mAP']:.3f}" in dom and f"{vtest['after']['idf1']:.3f}" in dom
     assert (tmp_path / "report.png").stat().st_size > 20_000

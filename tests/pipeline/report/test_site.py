@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-from selfreid.pipeline.serving.search import Identity, Sighting
 from selfreid.pipeline.report.site import (
     CycleView,
     ReportData,
@@ -16,6 +15,7 @@ from selfreid.pipeline.report.site import (
     throughput_rows,
     timeline_svg,
 )
+from selfreid.pipeline.serving.search import Identity, Sighting
 
 T0 = 1_700_000_000.0
 
@@ -33,7 +33,7 @@ def test_timeline_has_a_lane_per_camera_and_a_bar_per_sighting() -> None:
         "person 7, left track 1, 22:13:20-22:13:30", "person 7, right track 4, 22:13:32-22:13:40",
         "person 9, left track 2, 22:13:25-22:13:50",
     ])
-    assert ">left</text>" in svg and ">right</text>" in svg
+    assert ">left</text>" in svg and ">right</text>" in svg and ">2023-11-14 22:13:20 UTC</text>" in svg
     bars = re.findall(r'<rect x="([\d.]+)" y="(\d+)" width="([\d.]+)" height="\d+" rx="3" fill="(#[0-9a-f]{6})" '
                       r'fill-opacity="([\d.]+)"', svg)
     assert len(bars) == 3
@@ -110,3 +110,15 @@ def test_the_page_shows_each_section_and_escapes_camera_names() -> None:
     assert "0.800" in page and "0.850" in page and "+0.050" in page
     hostile = timeline_svg([Identity(1, 1.0, [Sighting("<script>x</script>", 1, T0, T0 + 1, None)])])
     assert "<script>" not in hostile and "&lt;script&gt;" in hostile
+
+
+def test_recorded_cameras_show_the_position_in_the_recording_beside_the_clock() -> None:
+    origins = {"left": [T0 - 100.0, T0 - 5.0]}  # two ingest runs of the left recording; right is live
+    svg = timeline_svg(_identities(), origins=origins)
+    titles = re.findall(r"<title>([^<]*)</title>", svg)
+    assert "person 7, left track 1, 22:13:20-22:13:30 (recording 0:05-0:15)" in titles
+    assert "person 7, right track 4, 22:13:32-22:13:40" in titles  # live: the capture time only
+    data = ReportData(generated="now", version="2", note="", identities=_identities(), origins=origins)
+    assert data.position("left", T0 + 3600) == "1:00:05" and data.position("right", T0) is None
+    page = render_html(data)
+    assert "recording 0:10&ndash;0:35" in page and page.count("recording ") == 2

@@ -151,3 +151,81 @@ def test_report_falls_back_to_the_newest_gallery_after_a_promotion(cfg, redis_cl
     version, identities, note = report_identities(search)
     assert version == "v1" and len(identities) >= 3 and "v2" in note
     assert "its gallery is still empty" in render_report(search)
+
+
+class _FixedBoxes:
+    """A detector that finds people at given boxes (the query is built with people exactly there)."""
+
+    def __init__(self, boxes: list[tuple[int, int, int, int]]) -> None:
+        from selfreid.plugins.contracts import Detection
+
+        self.detections = [Detection(box=tuple(map(float, b)), confidence=0.9) for b in boxes]
+
+    def detect(self, frames):
+        return [list(self.detections) for _ in frames]
+
+
+def test_a_full_frame_lists_who_was_detected_and_their_best_scores(cfg, redis_client, embedder, gallery):
+    from selfreid.pipeline.cli.serving import search_lines
+    from selfreid.pipeline.serving.search import IdentitySearch
+
+    held_out, gids = gallery
+    crops = [cv2.resize(held_out[p], (64, 160)) for p in PEOPLE[:2]]
+    frame = np.full((200, 400, 3), 128, np.uint8)
+    boxes = [(20, 20, 84, 180), (200, 20, 264, 180)]
+    for (x1, y1, x2, y2), crop in zip(boxes, crops):
+        frame[y1:y2, x1:x2] = crop
+    search = IdentitySearch(cfg, redis_client, embedder=embedder, detector=_FixedBoxes(boxes))
+
+    strict = search.search_image(frame, min_score=1.0)  # nobody reaches a perfect score
+    assert [p["box"] for p in strict["people"]] == [list(b) for b in boxes]
+    assert all(p["identities"] == [] and p["best_global_id"] is not None for p in strict["people"])
+    lines = search_lines("frame.jpg", strict)
+    assert lines[0] == "frame.jpg (model version v1): 2 person(s) found, none with an identity above the threshold 1.00"
+    assert lines[1] == (f"person 1 (box [20, 20, 84, 180]): closest identity {strict['people'][0]['best_global_id']} "
+                        f"scores {strict['people'][0]['best_score']:.3f}, below 1.00")
+
+    loose = search.search_image(frame, min_score=0.0)
+    lines = search_lines("frame.jpg", loose)
+    assert lines[0] == "frame.jpg (model version v1): 2 of 2 person(s) matched"
+    assert any(line.startswith("person 2 (box [200, 20, 264, 180]): ") for line in lines)
+    sighting = loose["people"][0]["identities"][0]["sightings"][0]
+    assert f"    camera {sighting['camera_id']} track {sighting['track_id']}: {sighting['start_iso']} to " \
+           f"{sighting['end_iso']}" in lines
+
+
+def test_cli_search_prints_plain_lines_never_cut(cfg, redis_server, onnx_model, gallery, tmp_path):
+    from typer.testing import CliRunner
+
+    from selfreid.pipeline.cli.app import app
+
+    held_out, _ = gallery
+    query = tmp_path / "query.jpg"
+    query.write_bytes(_jpeg(held_out[PEOPLE[0]]))
+    runner = CliRunner()
+
+    def search(prefix: str) -> tuple[int, list[str]]:
+        site = tmp_path / f"{prefix}.yaml"
+        site.write_text(f"data_dir: {tmp_path}\npool: {{prefix: {prefix}}}\nembedder: {{params: {{model: {onnx_model}}}}}\n")
+        result = runner.invoke(app, ["search", str(query), "-c", str(site), "--min-score", "0"],
+                               env={"REDIS_URL": redis_server.url})
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+        return result.exit_code, result.output.splitlines()
+
+    code, lines = search("api")
+    times = [line for line in lines if line.startswith("    camera ")]
+    assert code == 0 and lines[0] == "query.jpg (model version v1): 1 of 1 person(s) matched" and times
+    assert all(line.count("T") == 2 and line.count("+00:00") == 2 and "…" not in line for line in times)
+    code, lines = search("empty")
+    assert code == 0 and lines == ["query.jpg (model version v1): the gallery of model version v1 is empty"]
+
+
+def test_startup_message_says_where_and_whether_a_token_is_needed():
+    from selfreid.pipeline.config import ApiConfig
+    from selfreid.pipeline.serving.api import startup_message
+
+    open_api = startup_message(ApiConfig(port=8123))
+    assert open_api.startswith("API listening on http://127.0.0.1:8123, report page http://127.0.0.1:8123/report;")
+    assert "no token is required" in open_api
+    guarded = startup_message(ApiConfig(host="::", port=8123, token="x" * 16))
+    assert guarded.startswith("API listening on http://[::]:8123 (every interface)") and "a token is required" in guarded

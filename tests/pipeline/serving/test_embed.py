@@ -1,8 +1,10 @@
-"""The embed and match services on a real Redis: batching, ack after store, corrupt JPEGs, hot swap."""
+"""The embed and match services on a real Redis: batching, ack after store, corrupt JPEGs, hot swap, and the
+promoted version's calibration reaching the running matcher."""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
@@ -11,11 +13,11 @@ import numpy as np
 import pytest
 
 from selfreid.pipeline.config import parse_config
+from selfreid.pipeline.runtime.pool import open_pool
 from selfreid.pipeline.serving.embed import run_embedder
 from selfreid.pipeline.serving.embedding_store import EmbeddingStore
 from selfreid.pipeline.serving.match import run_matcher
-from selfreid.pipeline.runtime.pool import open_pool
-from selfreid.plugins.contracts import Crop
+from selfreid.plugins.contracts import Crop, EmbedderBase
 
 
 @pytest.fixture()
@@ -111,10 +113,10 @@ def test_match_service_consumes_embeddings(cfg, redis_server, redis_client, onnx
     assert all(t["global_id"] is not None for t in tracklets)  # short ones were decided at stop
 
 
-class FlakyEmbedder:
+class FlakyEmbedder(EmbedderBase):
     """Fails on any batch holding a crop narrower than 10 px (a stand-in for a runtime error)."""
 
-    loaded, model_version, dim = True, "vx", 3
+    model_version, dim = "vx", 3
 
     def embed(self, images):
         if any(im.shape[1] < 10 for im in images):
@@ -138,3 +140,63 @@ def test_a_crop_the_model_fails_on_is_rejected_not_retried_forever(cfg, redis_se
         stop.set()
         thread.join(timeout=15)
     assert result["s"].rejected == {"embed_error": 1} and result["s"].embedded == 4
+
+
+@pytest.mark.parametrize("pinned", [None, 0.85], ids=["calibrated", "pinned"])
+def test_a_promoted_versions_calibration_reaches_the_running_matcher(
+        pinned, tmp_path, redis_server, redis_client, onnx_model_factory, caplog):
+    """Two tracklets of two cameras at cosine 0.6: linked once version 1's calibration (threshold 0.5)
+    reaches the running matcher on promotion; a threshold pinned in the config (0.85) still wins."""
+    from selfreid.pipeline.training.registry import open_registry
+    from selfreid.plugins.contracts import Embedding
+    from selfreid.reid_model.calibration import AssociationCalibration
+
+    cfg = parse_config({"data_dir": str(tmp_path), "pool": {"prefix": "es"},
+                        "matcher": {"matcher": {"params": {"min_crops": 1, "threshold": pinned}}}})
+    calibration = AssociationCalibration(0.5, "eer", 0.8, 0.1, 0.2, 0.1, 40, 60, 4.2, 0.99)
+    registry = open_registry(cfg, redis_client)
+    onnx = onnx_model_factory("v1")
+    version = registry.register({"model.onnx": onnx}, embedding_dim=4, calibration=calibration)
+    store = EmbeddingStore(redis_client, "es")
+    stop, thread, result = _start(run_matcher, cfg, redis_server.url)
+    try:
+        with caplog.at_level(logging.INFO, logger="selfreid"):
+            _wait(lambda: redis_client.exists("es:status:matcher:0"))  # running, before the promotion
+            registry.promote(version.version)
+            applied = f"version {version.version} now links at cosine >= {pinned or 0.5:.3f}"
+            _wait(lambda: applied in caplog.text)
+        vectors = {"A": [1.0, 0.0, 0.0, 0.0], "B": [0.6, 0.8, 0.0, 0.0]}
+        store.add([(Embedding(f"{cam}/1", cam, 1.7e9 + i * 20, 1, np.float32(v), version.version), b"")
+                   for i, (cam, v) in enumerate(vectors.items())])
+        _wait(lambda: redis_client.hlen("es:match:gid") == 2)
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    ids = {k.split(b"|")[0]: int(v) for k, v in redis_client.hgetall("es:match:gid").items()}
+    assert (ids[b"A"] == ids[b"B"]) is (pinned is None)
+
+
+def test_a_second_matcher_is_a_standby_that_takes_over(cfg, redis_server, redis_client):
+    from selfreid.pipeline.orchestration.run import stream_backlog
+    from selfreid.plugins.contracts import Embedding
+
+    store = EmbeddingStore(redis_client, "es")
+
+    def add_and_wait_consumed(track: int) -> None:
+        store.add([(Embedding(f"{cam}/{track}", cam, 1.7e9 + track, track, np.float32([1, 0, 0, 0]), "v1"), b"")
+                   for cam in ("A", "B")])
+        _wait(lambda: stream_backlog(redis_client, store.key, "matcher") == 0)
+
+    first = _start(run_matcher, cfg, redis_server.url)
+    _wait(lambda: redis_client.exists("es:matcher:leader"))
+    second = _start(run_matcher, cfg, redis_server.url)
+    try:
+        add_and_wait_consumed(1)
+        first[0].set()
+        first[1].join(timeout=15)
+        add_and_wait_consumed(2)  # only the standby is left to read these
+    finally:
+        for stop, thread, _ in (first, second):
+            stop.set()
+            thread.join(timeout=15)
+    assert (first[2]["stats"].embeddings, second[2]["stats"].embeddings) == (2, 2)

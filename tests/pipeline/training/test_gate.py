@@ -7,15 +7,18 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from conreid_tracks import conreid_tracks
+
 from selfreid.pipeline.config.service import GateConfig
 from selfreid.pipeline.training.gate import (
     Holdout,
     _compare,
+    calibration_rows,
+    evidence_text,
     labelled_scores,
     nonfinite_parameters,
     paired_delta,
+    pool_scores,
     proxy_scores,
     run_gate,
 )
@@ -49,7 +52,7 @@ def test_proxy_scores_on_synthetic_embeddings():
     groups = [f"g{i // 3}" for i in range(18)]
     cams = ["c1", "c2"] * 9
     good = proxy_scores(emb.astype(np.float32), cams, groups, k=3)
-    assert good["track_nn_agreement"] == 1.0 and good["score"] == 1.0
+    assert good["track_nn_agreement"] == 1.0
     assert good["effective_rank"] > 4 and abs(good["mean_cosine"]) < 0.5
     shuffled = proxy_scores(emb[rng.permutation(18)].astype(np.float32), cams, groups, k=3)
     assert shuffled["track_nn_agreement"] < 0.5
@@ -128,3 +131,88 @@ def test_labelled_validation_set(model, baseline_onnx, holdout, shared_data, tmp
     assert 0.0 < scores["mAP"] <= 1.0 and 0.0 <= scores["rank1"] <= 1.0
     decision = run_gate(baseline_onnx, baseline_onnx, holdout, GateConfig(validation_dir=str(tmp_path)))
     assert decision.passed and decision.candidate["labelled_mAP"] == pytest.approx(scores["mAP"])
+
+
+def _timed(holdout: Holdout, tracks) -> Holdout:
+    """The slice with capture times: every tracklet of a camera starts at 0 (they co-occur, so they
+    cannot link), one crop every 2 s."""
+    rank: dict[str, int] = {}
+    times = []
+    for t in tracks:
+        rank[t.group] = rank.get(t.group, -1) + 1
+        times.append(2.0 * rank[t.group])
+    return Holdout(holdout.images, holdout.camera_ids, holdout.groups, times)
+
+
+def _synthetic_slice(noise: float, seed: int = 0) -> tuple[np.ndarray, Holdout]:
+    """8 people x 2 cameras, one 4-crop tracklet each; tracklets of one camera overlap in time."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, 32))
+    emb, cams, groups, times = [], [], [], []
+    for person in range(8):
+        for cam in ("c1", "c2"):
+            for k in range(4):
+                emb.append(centres[person] + noise * rng.normal(size=32))
+                cams.append(cam), groups.append(f"{cam}/{person}"), times.append(2.0 * k)
+    emb = np.asarray(emb)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb.astype(np.float32), Holdout([None] * len(emb), cams, groups, times)
+
+
+def test_pool_scores_follow_identity_quality_on_synthetic_slices():
+    good_emb, slice_ = _synthetic_slice(noise=0.2)
+    poor_emb, _ = _synthetic_slice(noise=1.5)
+    good, poor = pool_scores(good_emb, slice_), pool_scores(poor_emb, slice_)
+    assert good.values["score_half_retrieval"] == 1.0 and good.values["score_cannot_link"] == 1.0
+    assert good.values["score_separation"] > poor.values["score_separation"] > 0
+    assert good.values["score_half_retrieval"] > poor.values["score_half_retrieval"]
+    assert good.calibration is not None and good.calibration.n_positive == 16
+    assert good.calibration.n_negative == 2 * 28, "every pair of one camera's 8 co-occurring tracklets"
+    untimed = pool_scores(good_emb, Holdout(slice_.images, slice_.camera_ids, slice_.groups))
+    assert np.isnan(untimed.values["score_separation"]) and untimed.calibration is None
+    assert untimed.values["score_track_nn"] == good.values["score_track_nn"] > 0, "needs no timestamps"
+
+
+def test_too_little_evidence_keeps_the_serving_model(tmp_path):
+    emb, slice_ = _synthetic_slice(noise=0.2)
+    cfg = GateConfig(min_tracklets=17)  # the slice has 16 usable tracklets
+    missing = tmp_path / "never-read.onnx"  # the verdict comes before any embedding
+    decision = run_gate(missing, missing, slice_, cfg)
+    assert not decision.passed and decision.verdict == "not_enough_evidence"
+    assert decision.reason.startswith("not enough evidence: 16 usable held-out tracklets")
+    assert "gate.min_tracklets is 17" in decision.reason and "serving model stays" in decision.reason
+    assert decision.evidence == {"crops": 64, "tracklets": 16, "usable_tracklets": 16, "positive_pairs": 16,
+                                 "cannot_link_pairs": 56}
+    assert decision.as_dict()["evidence"]["usable_tracklets"] == 16
+    two = Holdout(slice_.images[:8], slice_.camera_ids[:8], slice_.groups[:8], slice_.times[:8])
+    assert run_gate(missing, missing, two, GateConfig()).evidence["usable_tracklets"] == 2, "issue 15's case"
+
+
+def test_without_a_serving_model_there_is_no_evidence_minimum(model, baseline_onnx, holdout):
+    decision = run_gate(baseline_onnx, None, holdout, GateConfig(min_tracklets=1000), candidate_model=model)
+    assert decision.passed, decision.reason
+    assert decision.evidence["usable_tracklets"] < 1000
+
+
+def test_gate_calibrates_both_models_on_the_slice(model, baseline_onnx, holdout, shared_data):
+    tracks = conreid_tracks(shared_data, persons=6, track_len=3, per_camera=1, first=40)
+    timed = _timed(holdout, tracks)
+    decision = run_gate(baseline_onnx, baseline_onnx, timed, GateConfig(), candidate_model=model)
+    assert decision.passed and decision.verdict == "promote", decision.reason
+    assert decision.candidate["score_name"] == "separation" and decision.reason.startswith("passed: separation")
+    assert decision.candidate["score_delta"] == pytest.approx(0.0, abs=1e-6)
+    assert decision.calibration is not None and decision.calibration == decision.baseline_calibration
+    assert decision.calibration["n_positive"] == decision.evidence["positive_pairs"] > 0
+    assert decision.calibration["threshold"] == pytest.approx(decision.candidate["threshold"], abs=1e-5)
+
+
+def test_report_rows_show_both_calibrations_and_the_counts(tmp_path):
+    emb, slice_ = _synthetic_slice(noise=0.2)
+    decision = run_gate(tmp_path / "x.onnx", tmp_path / "x.onnx", slice_, GateConfig(min_tracklets=99)).as_dict()
+    assert calibration_rows(decision) == []
+    assert evidence_text(decision) == ("held-out slice: 64 crops, 16 tracklets (16 usable), 16 positive pairs, "
+                                       "56 cannot-link pairs")
+    scores = pool_scores(emb, slice_)
+    rows = calibration_rows({"calibration": scores.calibration.to_dict(), "baseline_calibration": None})
+    assert rows[0]["candidate"] == pytest.approx(scores.calibration.threshold, abs=1e-6) and rows[0]["baseline"] is None
+    assert [r["measure"].split()[0] for r in rows] == ["match", "separation", "P(positive", "positive", "cannot-link"]

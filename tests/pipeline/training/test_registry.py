@@ -16,6 +16,7 @@ from selfreid.pipeline.training.registry import (
     production_key,
     promoted_channel,
 )
+from selfreid.reid_model.calibration import CALIBRATION_METADATA_KEY, AssociationCalibration
 
 PREFIX = "site"
 
@@ -187,3 +188,56 @@ def test_models_cli_init_list_promote_rollback(tmp_path, redis_server, redis_cli
     for args, message in ((["rollback"], "nothing to roll back"), (["promote", "7"], "not in the registry")):
         bad = runner.invoke(app, ["models", *args, "-c", str(config)])
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output
+
+
+def _tiny_onnx(path: Path) -> Path:
+    """A valid one-node ONNX graph (Identity) with a serving-style metadata entry."""
+    from onnx import TensorProto, helper
+
+    io_ = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("x", "y")]
+    proto = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", io_[:1], io_[1:]))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "model_version", "2"
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+CALIBRATION = AssociationCalibration(threshold=0.61, method="eer", positive_mean=0.8, positive_std=0.05,
+                                     negative_mean=0.4, negative_std=0.1, n_positive=12, n_negative=30,
+                                     separation=5.06, auc=0.99)
+
+
+def test_calibration_is_stored_in_the_record_and_the_onnx_metadata(registry, tmp_path, redis_client):
+    files = {"model.onnx": _tiny_onnx(tmp_path / "m.onnx"), "model_int8.onnx": _tiny_onnx(tmp_path / "q.onnx"),
+             "checkpoint.pt": _files(tmp_path, "a")["checkpoint.pt"]}
+    version = registry.register(files, embedding_dim=4, calibration=CALIBRATION.to_dict())
+    assert version.manifest["calibration"] == CALIBRATION.to_dict()
+    for name in ("model.onnx", "model_int8.onnx"):
+        meta = _onnx_metadata(version.folder / name)
+        assert AssociationCalibration.from_json(meta[CALIBRATION_METADATA_KEY]) == CALIBRATION
+        assert meta["model_version"] == "2", "the serving metadata is kept"
+    registry.verify(version)  # stamped before hashing: the manifest checksums hold
+    assert _onnx_metadata(tmp_path / "m.onnx").keys() == {"model_version"}, "the source file is not touched"
+    index = json.loads(redis_client.hget(index_key(PREFIX), "1"))
+    assert index["calibration"] == CALIBRATION.to_dict()
+    assert registry.get("1").calibration == CALIBRATION
+
+
+def test_a_version_without_calibration_is_calibrated_once(registry, tmp_path, redis_client):
+    version = _register(registry, tmp_path, "a")
+    assert version.calibration is None and version.record()["calibration"] is None
+    registry.promote("1")
+    calibrated = registry.calibrate("1", CALIBRATION)
+    assert calibrated.calibration == CALIBRATION and registry.production().calibration == CALIBRATION
+    assert json.loads(redis_client.hget(index_key(PREFIX), "1"))["calibration"] == CALIBRATION.to_dict()
+    registry.verify(registry.get("1"))  # the frozen files and their manifest are unchanged
+    with pytest.raises(RegistryError, match="calibrated already"):
+        registry.calibrate("1", CALIBRATION)
+    registry.repair()  # a re-sync from disk keeps it
+    assert json.loads(redis_client.hget(index_key(PREFIX), "1"))["calibration"]["threshold"] == 0.61
