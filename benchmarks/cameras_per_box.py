@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import limit_threads, sample_data, write_result
-from benchmarks.soak import Sample, SoakOptions, run_soak
+from benchmarks.soak import WORK, Sample, SoakOptions, run_soak
 
 FPS = 7.0  # PETS S2L1 was recorded at ~7 fps
 GOAL_RATIO = 0.85
@@ -321,9 +321,13 @@ def chain_run(
 
 def steady_samples(samples: list[Sample], warmup_s: float) -> list[Sample]:
     """The samples from ``warmup_s`` on, once this run's ingest and embedder report work (the first
-    reports of a run can still be the previous run's, left in Redis: counters that go down mark them)."""
-    frames = [s["counters"].get("ingest", {}).get("frames", 0) for s in samples]
-    fresh = max((i for i in range(1, len(frames)) if frames[i] < frames[i - 1]), default=0)
+    reports of a run can still be the previous run's, left in Redis: a stage counter that goes down
+    marks where this run's reports begin)."""
+    work = [tuple(s["counters"].get(stage, {}).get(key, 0) for stage, key in WORK.items()) for s in samples]
+    fresh = max(
+        (i for i in range(1, len(work)) if any(now < before for now, before in zip(work[i], work[i - 1]))),
+        default=0,
+    )
     return [
         s
         for s in samples[fresh:]

@@ -140,8 +140,8 @@ def build_features(arm: Arm, args, tmp: Path) -> dict[str, dict[str, np.ndarray]
         states: dict[int, dict[str, torch.Tensor]] = {}
 
         def keep(trainer, record, states=states) -> None:
-            if record["epoch"] + 1 in args.keep_epochs:
-                states[record["epoch"] + 1] = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+            if record["epoch"] in args.keep_epochs:  # 1-based
+                states[record["epoch"]] = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
 
         t0 = time.monotonic()
         adapt(cfg, arm.pool, init, tmp / f"{arm.name}-{mode}", after_epoch=keep)

@@ -19,6 +19,7 @@ Units are fixed here once so that no stage has to guess:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -386,6 +387,10 @@ class Matcher(Protocol):
     * ``set_calibration(calibration, version)`` gives model ``version`` its label-free association
       calibration (at start and on each promotion); ``None`` forgets it. A threshold the user pinned
       in the matcher's settings still wins.
+    * ``applying(entry_id)`` is a context manager: the gallery writes ``update`` makes inside it commit
+      together with ``entry_id`` as the last applied embeddings entry, so a crash between the gallery
+      update and the acknowledgement never applies an embedding twice. Without it (the base class)
+      an embedding can be counted twice after such a crash.
 
     :class:`MatcherBase` gives the defaults of a matcher that decides at once and is not calibrated.
     """
@@ -404,6 +409,8 @@ class Matcher(Protocol):
     def set_calibration(
         self, calibration: AssociationCalibration | None, version: str | None = None
     ) -> None: ...
+
+    def applying(self, entry_id: str) -> AbstractContextManager[None]: ...
 
 
 class MatcherBase(ABC):
@@ -428,6 +435,10 @@ class MatcherBase(ABC):
 
     def set_calibration(self, calibration: AssociationCalibration | None, version: str | None = None) -> None:
         """This matcher keeps its own threshold."""
+
+    def applying(self, entry_id: str) -> AbstractContextManager[None]:
+        """No transaction: writes go to Redis as ``update`` makes them."""
+        return nullcontext()
 
 
 @dataclass(slots=True)

@@ -123,7 +123,8 @@ def render(rows: list[_Row]) -> str:
             observed = "; ".join(r.observed) or "(nothing recorded)"
             result = r.outcome + (f": {r.failure}" if r.failure else "")
             test = r.nodeid.split("/")[-1]
-            lines.append(f"| {n} | {_cell(r.case)} | {_cell(r.expected)} | {_cell(observed)} | {_cell(result)} | `{_cell(test)}` |")
+            cells = [str(n), _cell(r.case), _cell(r.expected), _cell(observed), _cell(result), f"`{_cell(test)}`"]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

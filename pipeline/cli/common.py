@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -23,7 +23,7 @@ __all__ = ["ConfigOption", "console", "ensure_data_dir", "fail", "load_or_fail",
 console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--config", "-c", help="Site YAML (see configs/). Omitted: the built-in defaults (seed method)."),
 ]
 

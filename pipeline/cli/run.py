@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
+
 from selfreid.pipeline.cli.common import console, fail, load_or_fail, output_file
 
 __all__ = ["check_health", "demo_command", "health_command", "probe_http", "run_command"]
 
 SiteConfigOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--config",
         "-c",
@@ -75,10 +76,10 @@ def health_command(
     config: SiteConfigOption = None,
     max_age: Annotated[float, typer.Option("--max-age", min=0.1, help="Seconds; an older status report = unhealthy.")] = 60.0,
     instance: Annotated[
-        Optional[str], typer.Option("--instance", help="Only this instance (default: any instance of the stage).")
+        str | None, typer.Option("--instance", help="Only this instance (default: any instance of the stage).")
     ] = None,
     http: Annotated[
-        Optional[str], typer.Option("--http", help="Probe this URL instead (2xx = healthy), e.g. the API's /health.")
+        str | None, typer.Option("--http", help="Probe this URL instead (2xx = healthy), e.g. the API's /health.")
     ] = None,
 ) -> None:
     """Exit 0 when STAGE reported a fresh status in Redis, 1 otherwise (Docker healthchecks).
@@ -112,7 +113,7 @@ def health_command(
 def run_command(
     config: SiteConfigOption = None,
     duration: Annotated[
-        Optional[float], typer.Option("--duration", min=0.1, help="Stop after this many seconds.")
+        float | None, typer.Option("--duration", min=0.1, help="Stop after this many seconds.")
     ] = None,
     until_idle: Annotated[
         bool,
@@ -123,10 +124,10 @@ def run_command(
         typer.Option("--train-once", help="Run one self-training cycle after ingest ends, instead of the schedule."),
     ] = False,
     max_frames: Annotated[
-        Optional[int], typer.Option("--max-frames", min=1, help="Ingest at most this many frames per camera.")
+        int | None, typer.Option("--max-frames", min=1, help="Ingest at most this many frames per camera.")
     ] = None,
     stages: Annotated[
-        Optional[str], typer.Option("--stages", help="Comma-separated subset, e.g. ingest,embedder (default: all).")
+        str | None, typer.Option("--stages", help="Comma-separated subset, e.g. ingest,embedder (default: all).")
     ] = None,
 ) -> None:
     """Run every stage on this machine with the embedded Redis (or REDIS_URL), with a live status view.
@@ -156,13 +157,13 @@ def demo_command(
         Path, typer.Option("--config", "-c", help="Site YAML of the demo (three sample cameras, a short CPU cycle).")
     ] = Path("configs/demo.yaml"),
     report: Annotated[
-        Optional[Path], typer.Option("--report", "-o", help="Where to write the HTML report (default: DATA_DIR/report.html).")
+        Path | None, typer.Option("--report", "-o", help="Where to write the HTML report (default: DATA_DIR/report.html).")
     ] = None,
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the previous run's pool and models (default: start from empty ones).")
     ] = False,
     max_frames: Annotated[
-        Optional[int], typer.Option("--max-frames", min=1, help="Ingest at most this many frames per camera (quicker).")
+        int | None, typer.Option("--max-frames", min=1, help="Ingest at most this many frames per camera (quicker).")
     ] = None,
     evaluate: Annotated[
         bool, typer.Option("--evaluate/--no-evaluate", help="Measure before/after adaptation on labelled data.")

@@ -15,9 +15,10 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
+
 from selfreid.pipeline.cli.common import ConfigOption, console, fail, load_or_fail, output_file
 
 __all__ = ["embed_command", "match_command", "api_command", "search_command", "search_lines", "report_command",
@@ -65,8 +66,8 @@ def match_command(config: ConfigOption = None) -> None:
 
 def api_command(
     config: ConfigOption = None,
-    host: Annotated[Optional[str], typer.Option(help="Bind address (default: api.host).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port (default: api.port).", min=1, max=65535)] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: api.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: api.port).", min=1, max=65535)] = None,
 ) -> None:
     """Serve the search API and the report page (http://HOST:PORT/report).
 
@@ -85,8 +86,8 @@ def api_command(
 def search_command(
     image: Annotated[Path, typer.Argument(help="Photo or crop of the person (JPEG/PNG).")],
     config: ConfigOption = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, max=100, help="Identities per person.")] = None,
-    min_score: Annotated[Optional[float], typer.Option(
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, max=100, help="Identities per person.")] = None,
+    min_score: Annotated[float | None, typer.Option(
         min=-1.0, max=1.0, help="Cosine a hit needs (default: api.min_score).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full JSON result (thumbnails included).")] = False,
 ) -> None:
@@ -98,8 +99,8 @@ def search_command(
     import redis
 
     from selfreid.pipeline.config.redis import redact_url
-    from selfreid.pipeline.serving.search import IdentitySearch, SearchError
     from selfreid.pipeline.runtime.redis_conn import redis_endpoint
+    from selfreid.pipeline.serving.search import IdentitySearch, SearchError
 
     if image.is_dir():
         fail(f"{image} is a folder; give one image file")
@@ -147,9 +148,9 @@ def report_command(
     before/after metrics (after `selfreid demo`) and each stage's throughput."""
     import redis
 
-    from selfreid.pipeline.serving.search import SearchError
-    from selfreid.pipeline.runtime.redis_conn import redis_endpoint
     from selfreid.pipeline.report.site import write_report
+    from selfreid.pipeline.runtime.redis_conn import redis_endpoint
+    from selfreid.pipeline.serving.search import SearchError
 
     cfg = load_or_fail(config)
     output_file(out, "--out")
@@ -182,8 +183,8 @@ def forget_command(
     """
     import redis
 
-    from selfreid.pipeline.serving.privacy import forget_identity, identity_tracklets
     from selfreid.pipeline.runtime.redis_conn import open_redis
+    from selfreid.pipeline.serving.privacy import forget_identity, identity_tracklets
     from selfreid.plugins.matchers.gallery_store import GalleryStore
 
     cfg = load_or_fail(config)

@@ -5,9 +5,10 @@ options and turns user mistakes into one-line errors."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
 from selfreid.pipeline.cli.common import console, fail, load_or_fail
 
 __all__ = ["train_command", "eval_command"]
@@ -29,14 +30,14 @@ def _checkpoint_folder(out: Path) -> Path:
 def train_command(
     data: DataArg,
     config: Annotated[
-        Optional[Path], typer.Option("--config", "-c", help="Site YAML; its `train:` section is used.")
+        Path | None, typer.Option("--config", "-c", help="Site YAML; its `train:` section is used.")
     ] = None,
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Checkpoint folder (default: DATA_DIR/runs/train).")
+        Path | None, typer.Option("--out", help="Checkpoint folder (default: DATA_DIR/runs/train).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")] = False,
     init: Annotated[
-        Optional[Path], typer.Option("--init", help="Start from this checkpoint's weights.")
+        Path | None, typer.Option("--init", help="Start from this checkpoint's weights.")
     ] = None,
 ) -> None:
     """Train the ReID model with Selective Contrastive Learning on an unlabelled crop folder.
@@ -72,9 +73,9 @@ def eval_command(
     data: Annotated[
         Path, typer.Option("--data", help="Market-1501-style folder (PPPP_cCsS_FFFFFF.jpg names).")
     ],
-    query: Annotated[Optional[Path], typer.Option("--query", help="Query folder (with --gallery).")] = None,
+    query: Annotated[Path | None, typer.Option("--query", help="Query folder (with --gallery).")] = None,
     gallery: Annotated[
-        Optional[Path], typer.Option("--gallery", help="Gallery folder (with --query).")
+        Path | None, typer.Option("--gallery", help="Gallery folder (with --query).")
     ] = None,
     camera_penalty: Annotated[
         bool,
@@ -106,7 +107,7 @@ def eval_command(
     try:
         if query is None and (data / "query").is_dir() and (data / "bounding_box_test").is_dir():
             query, gallery = data / "query", data / "bounding_box_test"
-        if query is not None:
+        if query is not None and gallery is not None:  # both or neither (checked above)
             q_items, g_items = read_market(query), read_market(gallery)
             split = f"{query} / {gallery}"
         else:
@@ -117,7 +118,7 @@ def eval_command(
         fail(str(exc))
     console.print(f"evaluating {model} on {len(q_items)} queries, {len(g_items)} gallery crops ({split})")
     with torch.inference_mode():
-        feats = [
+        q_feats, g_feats = [
             extract_features(
                 net,
                 FileCropDataset([i.path for i in items], [i.camera for i in items]),
@@ -131,12 +132,12 @@ def eval_command(
         [i.camera for i in q_items],
         [i.camera for i in g_items],
     )
-    rows = [("standard (cosine)", evaluate_features(*feats, *args))]
+    rows = [("standard (cosine)", evaluate_features(q_feats, g_feats, *args))]
     if camera_penalty:
         rows.append(
             (
                 f"+ camera penalty {train_cfg.scl.lambda_c}",
-                evaluate_features(*feats, *args, camera_penalty=train_cfg.scl.lambda_c),
+                evaluate_features(q_feats, g_feats, *args, camera_penalty=train_cfg.scl.lambda_c),
             )
         )
     for name, r in rows:

@@ -48,7 +48,8 @@ class OwnerWatch:
     """
 
     def __init__(self, socket_file: str) -> None:
-        read_end, self._write_end = os.pipe()  # both non-inheritable: stage processes do not hold them
+        read_end, write_end = os.pipe()  # both non-inheritable: stage processes do not hold them
+        self._write_end: int | None = write_end
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _WATCHDOG, socket_file], stdin=read_end, stdout=subprocess.DEVNULL,

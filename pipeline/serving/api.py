@@ -31,9 +31,9 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
-from selfreid.pipeline.serving.api_auth import require_token, warn_if_exposed
 from selfreid.pipeline.config import ApiConfig, AppConfig
 from selfreid.pipeline.runtime.signals import StopFlag
+from selfreid.pipeline.serving.api_auth import require_token, warn_if_exposed
 from selfreid.pipeline.serving.search import IdentitySearch, SearchError
 
 __all__ = ["ApiError", "create_app", "listen_socket", "render_report", "report_identities", "run_api", "startup_message"]

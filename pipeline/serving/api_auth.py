@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+from typing import TypeGuard
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request, Response
@@ -39,7 +40,7 @@ def require_token(app: FastAPI, token: SecretStr | None) -> None:
         return
     expected = token.get_secret_value().encode()
 
-    def valid(given: str | None) -> bool:
+    def valid(given: str | None) -> TypeGuard[str]:
         return given is not None and hmac.compare_digest(given.encode(), expected)
 
     @app.middleware("http")

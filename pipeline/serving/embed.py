@@ -41,7 +41,7 @@ from selfreid.plugins.contracts import Crop, Embedder, Embedding, PoolStore
 
 __all__ = [
     "run_embedder", "ModelFollower", "EmbedStats", "EmbeddingError", "build_embedder", "embed_with_version",
-    "ProductionLoader", "GROUP",
+    "ProductionLoader", "GROUP", "rejected_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,11 @@ class EmbedStats:
         }
 
 
+def rejected_key(prefix: str) -> str:
+    """The stream of crops the embedder refused, with the reason (privacy retention applies to it)."""
+    return f"{prefix}:embedder:rejected"
+
+
 class _EmbedLoop:
     """One embedder instance's state; :func:`run_embedder` drives it."""
 
@@ -168,7 +173,7 @@ class _EmbedLoop:
         self.cfg, self.client, self.pool, self.embedder = cfg, client, pool, embedder
         prefix = cfg.pool.prefix
         self.store = EmbeddingStore(client, prefix, cfg.embedder.stream_maxlen)
-        self.rejected_key = f"{prefix}:embedder:rejected"
+        self.rejected_key = rejected_key(prefix)
         self.follower = ModelFollower(client, prefix) if embedder.follows_registry else None
         self.consumer = f"embedder-{socket.gethostname()}-{os.getpid()}"
         self.stats = EmbedStats()

@@ -165,7 +165,12 @@ class _MatchLoop:
             self.last_prune = time.monotonic()
 
     def _match(self, matcher: Matcher, items: list[StoredEmbedding]) -> None:
-        assignments = matcher.update([i.embedding for i in items])
+        # Entries the gallery already holds (applied, then a crash before the ack) are only acknowledged.
+        fresh = [i for i in items if not self.gallery.is_applied(i.entry_id)]
+        assignments = []
+        if fresh:
+            with matcher.applying(fresh[-1].entry_id):
+                assignments = matcher.update([i.embedding for i in fresh])
         self.gallery.save_thumbnails(_thumbnails(matcher, items))
         self.store.ack(GROUP, [i.entry_id for i in items])
         self.stats.embeddings += len(items)
@@ -181,11 +186,12 @@ class _MatchLoop:
             except (redis.RedisError, OSError) as exc:
                 self.stats.errors += 1
                 log.warning("matcher: redis unavailable (%s); retrying", exc)
+                self.matcher = None  # its memory may hold an update that was never committed
                 stop.wait(2.0)
             except Exception:  # noqa: BLE001 - the service logs and keeps going
                 self.stats.errors += 1
                 log.exception("matcher: step failed; its embeddings stay pending and are read again")
-                self.pending = True
+                self.matcher, self.pending = None, True
                 stop.wait(1.0)
             if time.monotonic() - self.last_status >= STATUS_EVERY_S:
                 self.status()

@@ -32,9 +32,11 @@ import redis
 
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.serving.embed import rejected_key
 from selfreid.pipeline.serving.embedding_store import EmbeddingStore
 from selfreid.plugins.contracts import Matcher
 from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord, parse_tracklet_key
+from selfreid.plugins import streams
 from selfreid.plugins.streams import server_ms
 
 __all__ = ["RetentionReport", "ForgetReport", "Span", "enforce_retention", "identity_tracklets", "forget_identity"]
@@ -66,6 +68,7 @@ class RetentionReport(_Deleted):
     tracklets_pruned: int = 0
     orphan_thumbnails: int = 0
     events: int = 0
+    rejected_crops: int = 0
 
 
 @dataclass
@@ -99,6 +102,7 @@ def enforce_retention(cfg: AppConfig, client: redis.Redis, matcher: Matcher | No
         tracklets_pruned=pruned,
         orphan_thumbnails=store.expire_orphans(now_ms / 1000 - age_s),
         events=store.expire_events(age_s, now_ms),
+        rejected_crops=streams.expire(client, rejected_key(cfg.pool.prefix), age_s, now_ms),
     )
 
 

@@ -86,7 +86,8 @@ class Identity:
 @dataclass
 class _GalleryView:
     loaded_at: float
-    records: list[TrackletRecord]
+    records: list[TrackletRecord]  # decided tracklets only
+    global_ids: list[int]  # records[i].global_id, narrowed to int
     features: np.ndarray
 
 
@@ -108,7 +109,7 @@ class IdentitySearch:
     def refresh_model(self) -> None:
         """Follow promotions; a model that fails to load keeps the previous one serving."""
         record = self.follower.latest() if self.follower else None
-        if self.loader.due(record):
+        if record is not None and self.loader.due(record):
             try:
                 self.loader.load(record)
             except Exception as exc:  # noqa: BLE001 - keep serving the previous model
@@ -119,10 +120,11 @@ class IdentitySearch:
         cached = self._views.get(version)
         if cached and time.monotonic() - cached.loaded_at < GALLERY_TTL_S:
             return cached
-        records = [r for r in self.gallery.load_tracklets(version) if r.global_id is not None]
+        decided = [(r.global_id, r) for r in self.gallery.load_tracklets(version) if r.global_id is not None]
+        records = [r for _, r in decided]
         dim = self.embedder.dim or 1
         features = np.stack([r.feature for r in records]) if records else np.zeros((0, dim), np.float32)
-        self._views[version] = _GalleryView(time.monotonic(), records, features)
+        self._views[version] = _GalleryView(time.monotonic(), records, [gid for gid, _ in decided], features)
         return self._views[version]
 
     # -- search ------------------------------------------------------------------------------
@@ -147,7 +149,9 @@ class IdentitySearch:
 
             choice = self.cfg.ingest.detector
             try:
-                self._detector = registry.create("detectors", choice.plugin, choice.params, where="ingest.detector", device="auto")
+                self._detector = registry.create(
+                    "detectors", choice.plugin, choice.params, where="ingest.detector", device="auto"
+                )
             except Exception as exc:  # noqa: BLE001 - the search still works on whole images
                 log.warning("search: detector %s unavailable (%s); whole images are searched", choice.plugin, exc)
                 self._detector = False
@@ -190,8 +194,8 @@ class IdentitySearch:
     def _rank(self, view: _GalleryView, query: np.ndarray, top_k: int, min_score: float) -> dict[str, Any]:
         scores = view.features @ query
         best: dict[int, float] = {}
-        for rec, s in zip(view.records, scores.tolist()):
-            best[rec.global_id] = max(best.get(rec.global_id, -2.0), s)
+        for gid, s in zip(view.global_ids, scores.tolist()):
+            best[gid] = max(best.get(gid, -2.0), s)
         ranked = sorted(best.items(), key=lambda kv: -kv[1])
         hits = [(gid, s) for gid, s in ranked[:top_k] if s >= min_score]
         return {"best_score": round(ranked[0][1], 4), "best_global_id": ranked[0][0],
@@ -215,7 +219,7 @@ class IdentitySearch:
         """All identities of a version's gallery (default: the served model's), most cameras first."""
         self.refresh_model()
         version = version or self.embedder.model_version or next(reversed(self.gallery.versions()), "")
-        view = self.view(version) if version else _GalleryView(0, [], np.zeros((0, 1)))
-        gids = sorted({r.global_id for r in view.records})
+        view = self.view(version) if version else _GalleryView(0, [], [], np.zeros((0, 1)))
+        gids = sorted(set(view.global_ids))
         out = [self.identity(g, 1.0, view) for g in gids]
         return sorted(out, key=lambda i: (-len(i.cameras), i.global_id))

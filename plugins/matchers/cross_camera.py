@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -116,6 +117,10 @@ class _Gallery:
 
 class CrossCameraMatcher:
     """The ``cross_camera`` matcher plugin (see the module docstring)."""
+
+    def applying(self, entry_id: str) -> AbstractContextManager[None]:
+        """Gallery writes inside commit with ``entry_id`` as the last applied embeddings entry."""
+        return self.store.applying(entry_id)
 
     class Settings(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)

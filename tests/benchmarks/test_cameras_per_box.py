@@ -66,6 +66,8 @@ def test_the_steady_window_skips_warm_up_and_the_previous_runs_status() -> None:
     assert [s["t_s"] for s in steady_samples(stale, warmup_s=25)] == [30, 40]
     idle_embedder = [_sample(30, 40, embedded=0), _sample(40, 80)]
     assert [s["t_s"] for s in steady_samples(idle_embedder, warmup_s=0)] == [40]
+    stale_embedder = [_sample(0, 5, embedded=900), _sample(10, 20, embedded=3), _sample(20, 40, embedded=9)]
+    assert [s["t_s"] for s in steady_samples(stale_embedder, warmup_s=0)] == [10, 20]
 
 
 def test_a_hold_needs_the_rate_no_drops_and_a_bounded_backlog() -> None:

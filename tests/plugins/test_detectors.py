@@ -14,13 +14,7 @@ from selfreid.plugins.contracts import Detection
 from selfreid.plugins.detectors.common import DetectorError, letterbox, nms, resolve_device
 from selfreid.plugins.detectors.hog import HogDetector
 from selfreid.plugins.detectors.yolo import YoloDetector
-from selfreid.plugins.detectors.yolox import (
-    YoloxOnnxDetector,
-    decode_yolox,
-    dynamic_model,
-    fit_input_hw,
-    session_options,
-)
+from selfreid.plugins.detectors.yolox import YoloxOnnxDetector, decode_yolox, dynamic_model, fit_input_hw, session_options
 
 DETECTORS = {
     "yolo": lambda: YoloDetector(YoloDetector.Settings()),

@@ -21,17 +21,18 @@ import cv2
 import numpy as np
 import pytest
 import redis
+from typer.testing import CliRunner
+
 from selfreid.pipeline.cli import app
 from selfreid.pipeline.config import AppConfig, parse_config
-from selfreid.pipeline.serving.embed import EmbedStats, run_embedder
-from selfreid.pipeline.serving.embedding_store import EmbeddingStore
 from selfreid.pipeline.ingest.service import CameraStats, PoolStats, run_ingest
 from selfreid.pipeline.runtime.pool import open_pool
 from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
+from selfreid.pipeline.serving.embed import EmbedStats, run_embedder
+from selfreid.pipeline.serving.embedding_store import EmbeddingStore
 from selfreid.plugins import registry
 from selfreid.plugins.contracts import Crop
 from selfreid.plugins.embedders.onnx_embedder import OnnxEmbedder
-from typer.testing import CliRunner
 from vtest_data import read_vtest
 
 LOOSE_CROPS = {"min_height": 48, "min_width": 16, "min_confidence": 0.3, "every_k_frames": 1}
@@ -463,8 +464,9 @@ def test_pool_entry_with_missing_fields(observe, tmp_path, embed_cfg, redis_serv
         stats = embed_until(embed_cfg, redis_server.url, embedder,
                             lambda: embedded_count_is(redis_client, 4) and not pool.pending("embedder"))
     errors = [r.getMessage() for r in caplog.records if f"c1/{bad_id}" in r.getMessage()]
+    still_there = bool(redis_client.xrange(pool.stream_key("c1"), bad_id, bad_id))
     observe(f"log: {errors[0] if errors else '(none)'}; {stats.embedded} good crops embedded; "
-            f"{pool.pending('embedder')} pending; entry still in the stream: {bool(redis_client.xrange(pool.stream_key('c1'), bad_id, bad_id))}")
+            f"{pool.pending('embedder')} pending; entry still in the stream: {still_there}")
     assert stats.embedded == 4 and len(errors) == 1 and "jpeg" in errors[0]
     assert redis_client.xrange(pool.stream_key("c1"), bad_id, bad_id)
 
@@ -612,6 +614,7 @@ def api_cfg(tmp_path) -> AppConfig:
 @pytest.fixture()
 def api(api_cfg, redis_server, redis_client, tmp_path):
     from fastapi.testclient import TestClient
+
     from selfreid.pipeline.serving.api import create_app
 
     embedder = OnnxEmbedder(OnnxEmbedder.Settings(model=str(tiny_onnx(tmp_path / "nan.onnx", log=True))))

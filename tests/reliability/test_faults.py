@@ -26,13 +26,16 @@ import pytest
 import redis
 
 from conreid_tracks import as_pool_crops, conreid_tracks
+from selfreid.pipeline.config import AppConfig, parse_config
+from selfreid.pipeline.ingest.service import CameraStats, PoolStats, run_ingest
+from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
+from selfreid.pipeline.runtime.status import read_status
+from selfreid.pipeline.serving.embed import run_embedder
+from selfreid.pipeline.serving.match import run_matcher
+from selfreid.pipeline.serving.search import IdentitySearch
 from selfreid.pipeline.training import registry as model_registry
 from selfreid.pipeline.training import service as train_service
-from selfreid.pipeline.config import AppConfig, parse_config
-from selfreid.pipeline.serving.embed import run_embedder
-from selfreid.pipeline.serving.search import IdentitySearch
-from selfreid.pipeline.ingest.service import CameraStats, PoolStats, run_ingest
-from selfreid.pipeline.serving.match import run_matcher
 from selfreid.pipeline.training.registry import (
     ModelRegistry,
     RegistryError,
@@ -40,9 +43,6 @@ from selfreid.pipeline.training.registry import (
     production_key,
     promoted_channel,
 )
-from selfreid.pipeline.runtime.pool import open_pool
-from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
-from selfreid.pipeline.runtime.status import read_status
 from selfreid.plugins.contracts import Crop
 from selfreid.plugins.pool.redis_streams import RedisStreamPool
 from selfreid.reid_model.checkpoint import read_checkpoint
@@ -303,11 +303,12 @@ import os, signal, sys, threading, time
 import numpy as np
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.serving.embed import run_embedder
+from selfreid.plugins.contracts import EmbedderBase
 from selfreid.plugins.pool.redis_streams import RedisStreamPool
 
-class SlowEmbedder:
+class SlowEmbedder(EmbedderBase):
     """A stand-in model whose batches take 0.2 s, so that a kill lands inside one."""
-    loaded, model_version, dim = True, "slow-1", 3
+    model_version, dim = "slow-1", 3
 
     def embed(self, images):
         time.sleep(0.2)
@@ -484,7 +485,7 @@ def test_corrupted_model_file_is_refused_and_the_old_model_keeps_serving(
     versions_used = sorted({f[b"ver"].decode() for _, f in redis_client.xrange("cm:embeddings")})
     assert versions_used == ["1"], "every crop, before and after the bad promotion, was embedded by version 1"
     assert search_version == "1", "the search API kept the model it had"
-    refusal = next(r.getMessage() for r in caplog.records if r.name.endswith("embed_service") and r.levelname == "ERROR")
+    refusal = next(r.getMessage() for r in caplog.records if r.name == "selfreid.pipeline.serving.embed" and r.levelname == "ERROR")
     refused_text, refusal = (str(refused.value).replace(str(tmp_path), "$TMP"), refusal.replace(str(tmp_path), "$TMP"))
     observe(f"promote 2: RegistryError '{refused_text}'; embedder told to load it: '{refusal}', "
             f"still version 1 ({stats.embedded} crops embedded, versions used: {versions_used}); "

@@ -21,14 +21,14 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from selfreid.pipeline.serving.api_auth import COOKIE, exposure_warning, warn_if_exposed
 from selfreid.pipeline.cli import app
 from selfreid.pipeline.config import ApiConfig, AppConfig, ConfigError, load_config, parse_config
+from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
+from selfreid.pipeline.serving.api_auth import COOKIE, exposure_warning, warn_if_exposed
 from selfreid.pipeline.serving.embedding_store import EmbeddingStore
 from selfreid.pipeline.serving.match import run_matcher
-from selfreid.pipeline.runtime.pool import open_pool
 from selfreid.pipeline.serving.privacy import enforce_retention, forget_identity
-from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
 from selfreid.plugins.contracts import Crop, Embedding
 from selfreid.plugins.matchers.cross_camera import CrossCameraMatcher
 from selfreid.plugins.matchers.gallery_store import GalleryStore, tracklet_key
@@ -425,6 +425,7 @@ def test_retention_deletes_old_crops_and_derived_data(observe, tmp_path, redis_c
     redis_client.sadd(f"{PREFIX}:cameras", "quiet")
     _old_entries(redis_client, f"{PREFIX}:embeddings", {"crop": "quiet/1-0", "jpeg": b"x"}, 4)
     _old_entries(redis_client, f"{PREFIX}:events", {"type": "new_identity"}, 3)
+    _old_entries(redis_client, f"{PREFIX}:embedder:rejected", {"crop": "quiet/2-0", "reason": "corrupt jpeg"}, 2)
     old, new = Person(0, (40, 40, 200), 1), Person(1, (200, 40, 40), 2)
     matcher = ingest_like(cfg, redis_client, [old.sighting("A", 1, now - 7200), new.sighting("A", 2, now - 60)],
                           versions=("v1",))
@@ -437,8 +438,8 @@ def test_retention_deletes_old_crops_and_derived_data(observe, tmp_path, redis_c
     assert store.thumbnails([old_key]) and old_key in matcher.gallery("v1").tracklets
 
     report = enforce_retention(cfg, redis_client, matcher)
-    assert (report.crops, report.embeddings, report.events, report.tracklets_pruned, report.orphan_thumbnails) == \
-        (5, 4, 3, 1, 1)
+    assert (report.crops, report.embeddings, report.events, report.tracklets_pruned, report.orphan_thumbnails,
+            report.rejected_crops) == (5, 4, 3, 1, 1, 2)
     assert redis_client.xlen(f"{PREFIX}:pool:quiet") == 0
     assert old_key not in matcher.gallery("v1").tracklets and not store.thumbnails([old_key])
     kept = {matcher.tracklet_of("A", 2)}

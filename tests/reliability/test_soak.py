@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # benchmarks/ is not installed; the test runs the benchmark's own harness
     sys.path.insert(0, str(REPO))
 
-from benchmarks.soak import SoakOptions, run_soak, summarize
+from benchmarks.soak import SoakOptions, run_soak, summarize  # noqa: E402 - needs the sys.path entry above
 
 SHORT = SoakOptions(
     duration_s=60.0,

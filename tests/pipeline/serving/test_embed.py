@@ -50,6 +50,13 @@ def _wait(predicate, timeout: float = 30.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
+def _embedder_status(client, field: str) -> bytes | None:
+    """A field of the embedder's status report, ``None`` until it published one (a loaded machine may
+    take a while)."""
+    keys = list(client.scan_iter("es:status:embedder:*"))
+    return client.hget(keys[0], field) if keys else None
+
+
 def _start(target, cfg, url):
     stop = threading.Event()
     result: dict = {}
@@ -64,13 +71,13 @@ def test_embedder_waits_embeds_swaps_and_acks(cfg, redis_server, redis_client, o
     pool.add(_crops(vtest_crops, 0, 10, corrupt=1))
     stop, thread, result = _start(run_embedder, cfg, redis_server.url)
     try:
-        time.sleep(1.5)  # no production model yet: nothing is embedded, nothing is acked
+        # No production model yet: the embedder says it waits, and embeds and acks nothing.
+        _wait(lambda: b"waiting" in (_embedder_status(redis_client, "state") or b""))
         assert len(store) == 0
-        assert b"waiting" in (redis_client.hget(next(redis_client.scan_iter("es:status:embedder:*")), "state") or b"")
         _promote(redis_client, "v1", onnx_model_factory("v1"))
         _wait(lambda: len(store) == 10)
         _promote(redis_client, "v2", onnx_model_factory("v2"))
-        _wait(lambda: json.loads(redis_client.hget(next(redis_client.scan_iter("es:status:embedder:*")), "model_version")) == "v2")
+        _wait(lambda: json.loads(_embedder_status(redis_client, "model_version") or "null") == "v2")
         pool.add(_crops(vtest_crops, 10, 6))
         _wait(lambda: len(store) == 16)
     finally:
