@@ -57,9 +57,8 @@ def train_service_command(
 @contextmanager
 def _registry(config: Path | None) -> Iterator[tuple[object, object]]:
     """``(cfg, registry)`` on the site's Redis (embedded when no URL); registry errors are one line."""
-    import redis
 
-    from selfreid.pipeline.runtime.redis_conn import redis_endpoint
+    from selfreid.pipeline.runtime.redis_conn import connect, redis_endpoint
     from selfreid.pipeline.training.registry import RegistryError, open_registry
     from selfreid.reid_model.checkpoint import CheckpointError
     from selfreid.reid_model.export import ExportError
@@ -67,7 +66,7 @@ def _registry(config: Path | None) -> Iterator[tuple[object, object]]:
 
     cfg = load_or_fail(config)
     with redis_endpoint(cfg) as url:
-        client = redis.Redis.from_url(url)
+        client = connect(url)
         try:
             yield cfg, open_registry(cfg, client)
         except (RegistryError, CheckpointError, ExportError, WeightsError) as exc:

@@ -99,7 +99,7 @@ def search_command(
     import redis
 
     from selfreid.pipeline.config.redis import redact_url
-    from selfreid.pipeline.runtime.redis_conn import redis_endpoint
+    from selfreid.pipeline.runtime.redis_conn import connect, redis_endpoint
     from selfreid.pipeline.serving.search import IdentitySearch, SearchError
 
     if image.is_dir():
@@ -108,7 +108,7 @@ def search_command(
         fail(f"image not found: {image}")
     cfg = load_or_fail(config)
     with redis_endpoint(cfg) as url:
-        client = redis.Redis.from_url(url)
+        client = connect(url)
         try:
             result = IdentitySearch(cfg, client).search_bytes(image.read_bytes(), top_k, min_score)
         except SearchError as exc:
@@ -149,13 +149,13 @@ def report_command(
     import redis
 
     from selfreid.pipeline.report.site import write_report
-    from selfreid.pipeline.runtime.redis_conn import redis_endpoint
+    from selfreid.pipeline.runtime.redis_conn import connect, redis_endpoint
     from selfreid.pipeline.serving.search import SearchError
 
     cfg = load_or_fail(config)
     output_file(out, "--out")
     with redis_endpoint(cfg) as url:
-        client = redis.Redis.from_url(url)
+        client = connect(url)
         try:
             data = write_report(cfg, client, out)
         except SearchError as exc:

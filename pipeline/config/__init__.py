@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from selfreid.pipeline.config.base import PluginChoice, Section
 from selfreid.pipeline.config.ingest import CameraConfig, CropPolicyConfig, IngestConfig
@@ -21,6 +21,7 @@ from selfreid.pipeline.config.pool import PoolConfig
 from selfreid.pipeline.config.redis import RedisConfig, with_password
 from selfreid.pipeline.config.service import ExportConfig, RegistryConfig, TrainServiceConfig
 from selfreid.pipeline.config.serving import ApiConfig, EmbedderConfig, MatcherConfig
+from selfreid.plugins import streams
 from selfreid.plugins.registry import format_validation_error
 from selfreid.reid_model.config import TrainConfig
 
@@ -61,6 +62,15 @@ class AppConfig(Section):
     embedder: EmbedderConfig = EmbedderConfig()
     matcher: MatcherConfig = MatcherConfig()
     api: ApiConfig = ApiConfig()
+
+    @model_validator(mode="after")
+    def _cluster_needs_one_slot_per_site(self) -> AppConfig:
+        """On a Redis Cluster, a site's keys share one hash slot: the embedder stores embeddings and
+        acknowledges crops of every camera in one transaction, which a cluster allows in one slot only."""
+        if self.redis.is_cluster and streams.hash_tag(self.pool.prefix) is None:
+            raise ValueError(f"pool.prefix: on a Redis Cluster a site's keys must share one slot: "
+                             f"write '{{{self.pool.prefix}}}'")
+        return self
 
     def path(self, relative: str) -> Path:
         """A path under ``data_dir`` (absolute paths are returned unchanged)."""

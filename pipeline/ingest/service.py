@@ -37,6 +37,7 @@ from selfreid.pipeline.runtime.signals import StopFlag
 from selfreid.pipeline.runtime.status import publish_status
 from selfreid.plugins import registry
 from selfreid.plugins.contracts import Detection, Detector, Frame, PoolStore, Source, SourceState, Tracker
+from selfreid.pipeline.runtime.redis_conn import connect
 
 __all__ = [
     "CameraStats",
@@ -116,7 +117,7 @@ def redis_client(url: str) -> redis.Redis:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(
+    return connect(
         url, socket_connect_timeout=2.0, socket_timeout=10.0, retry=Retry(NoBackoff(), 1)
     )
 

@@ -168,11 +168,10 @@ def summary(data, evaluation: dict[str, Any] | None, minutes: float, out: Path) 
 
 def run_demo(cfg: AppConfig, options: DemoOptions, console) -> Path:
     """Run every step; returns the report's path. Raises :class:`DemoError` when a step fails."""
-    import redis
 
     from selfreid.pipeline.orchestration.run import RunOptions, resolve_sample_data, run_local
     from selfreid.pipeline.report.site import write_report
-    from selfreid.pipeline.runtime.redis_conn import redis_endpoint
+    from selfreid.pipeline.runtime.redis_conn import connect, redis_endpoint
 
     started = time.monotonic()
     cfg = fit_to_device(fit_to_available_data(resolve_sample_data(cfg), console), console)
@@ -185,7 +184,7 @@ def run_demo(cfg: AppConfig, options: DemoOptions, console) -> Path:
         raise DemoError(f"a stage failed (exit code {code}); see its log in {cfg.path('logs')}")
     out = options.report or cfg.path("report.html")
     with redis_endpoint(cfg) as url:
-        client = redis.Redis.from_url(url)
+        client = connect(url)
         try:
             console.rule("2/3 before / after adaptation, on labelled data")
             evaluation = evaluate_adaptation(cfg, client, console) if options.evaluate else None

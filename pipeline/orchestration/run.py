@@ -47,7 +47,7 @@ from rich.console import Console
 
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.config.redis import redact_url
-from selfreid.pipeline.runtime.redis_conn import redis_endpoint
+from selfreid.pipeline.runtime.redis_conn import connect, redis_endpoint
 from selfreid.pipeline.runtime.signals import StopFlag, stop_on_signals
 from selfreid.plugins.codec import as_text
 
@@ -177,12 +177,11 @@ def _stage_main(
 
 def init_models(cfg: AppConfig, redis_url: str, stop: StopFlag) -> None:
     """One-shot stage: register and serve version 1 on this run's Redis when the registry is empty."""
-    import redis
 
     from selfreid.pipeline.training.bootstrap import initialise_registry, parity_images
     from selfreid.pipeline.training.registry import open_registry
 
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     try:
         registry = open_registry(cfg, client)
         if not registry.versions():
@@ -287,13 +286,12 @@ class Supervisor:
     last_status: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        import redis
 
         from selfreid.pipeline.runtime.pool import open_pool
         from selfreid.pipeline.serving.embedding_store import EmbeddingStore
 
         self.ctx = mp.get_context("spawn")
-        self.client = redis.Redis.from_url(self.redis_url)
+        self.client = connect(self.redis_url)
         self.pool = open_pool(self.cfg, self.client)
         self.embeddings_key = EmbeddingStore(self.client, self.cfg.pool.prefix).key
 

@@ -35,6 +35,7 @@ from selfreid.pipeline.config import ApiConfig, AppConfig
 from selfreid.pipeline.runtime.signals import StopFlag
 from selfreid.pipeline.serving.api_auth import require_token, warn_if_exposed
 from selfreid.pipeline.serving.search import IdentitySearch, SearchError
+from selfreid.pipeline.runtime.redis_conn import connect
 
 __all__ = ["ApiError", "create_app", "listen_socket", "render_report", "report_identities", "run_api", "startup_message"]
 
@@ -71,7 +72,7 @@ def render_report(search: IdentitySearch) -> str:
 
 def create_app(cfg: AppConfig, redis_url: str, embedder=None, detector=None) -> FastAPI:
     """The FastAPI application. ``embedder``/``detector`` override the configured plugins (tests, tools)."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    client = connect(redis_url, socket_timeout=5)
     search = IdentitySearch(cfg, client, embedder=embedder, detector=detector)
     lock = threading.Lock()  # the search object (model swap, gallery cache) is used by one request at a time
     app = FastAPI(title="selfreid", description="Where else was this person seen?")
@@ -176,7 +177,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
 def _check_credentials(redis_url: str) -> None:
     """Stop at start when Redis refuses the password: unlike an outage (answered by /health with 503
     while the API waits), it never gets better."""
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    client = connect(redis_url, socket_connect_timeout=3, socket_timeout=3)
     try:
         client.ping()
     except redis.AuthenticationError as exc:

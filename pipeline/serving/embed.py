@@ -38,6 +38,7 @@ from selfreid.pipeline.training.registry import production_key, promoted_channel
 from selfreid.plugins import registry
 from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.contracts import Crop, Embedder, Embedding, PoolStore
+from selfreid.pipeline.runtime.redis_conn import connect
 
 __all__ = [
     "run_embedder", "ModelFollower", "EmbedStats", "EmbeddingError", "build_embedder", "embed_with_version",
@@ -278,7 +279,7 @@ def _embedding(crop: Crop, vector: np.ndarray, version: str) -> Embedding:
 
 def run_embedder(cfg: AppConfig, redis_url: str, stop: StopFlag, embedder: Embedder | None = None) -> EmbedStats:
     """Run until ``stop`` is set; returns the counters. ``embedder`` overrides the configured plugin."""
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     loop = _EmbedLoop(cfg, client, open_pool(cfg, client), embedder or build_embedder(cfg))
     last_status = 0.0
     try:

@@ -41,6 +41,7 @@ from selfreid.plugins.codec import as_text
 from selfreid.plugins.contracts import Index, Matcher
 from selfreid.plugins.matchers.gallery_store import GalleryStore
 from selfreid.reid_model.calibration import AssociationCalibration, CalibrationError
+from selfreid.pipeline.runtime.redis_conn import connect
 
 __all__ = [
     "run_matcher", "build_matcher", "MatchStats", "GROUP", "CalibrationFollower", "registered_calibrations",
@@ -225,7 +226,7 @@ def run_matcher(cfg: AppConfig, redis_url: str, stop: StopFlag) -> MatchStats:
     """Run until ``stop`` is set; returns the counters. Only the holder of the site's matcher lock
     matches and publishes the matcher's status; another instance waits silently as a standby and takes
     over when the holder goes."""
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     loop = _MatchLoop(cfg, client)
     led = False
     try:

@@ -59,6 +59,7 @@ from selfreid.reid_model.export import ExportError, atomic_write_bytes, embed_on
 from selfreid.reid_model.interpolation import conservative_update
 from selfreid.reid_model.trainer import LAST, SCLTrainer
 from selfreid.reid_model.trainer import LOG as TRAIN_LOG
+from selfreid.pipeline.runtime.redis_conn import connect
 
 __all__ = ["CycleReport", "Cycle", "Triggers", "run_train_service", "decode_crops"]
 
@@ -481,7 +482,7 @@ def run_train_service(cfg: AppConfig, redis_url: str, stop: StopFlag, once: bool
 
     An unfinished cycle of a previous run is resumed first, whatever the triggers say.
     """
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     reports: list[CycleReport] = []
     try:
         pool = open_pool(cfg, client)

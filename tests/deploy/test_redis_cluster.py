@@ -101,8 +101,11 @@ def test_cluster_urls_and_config():
     url = "redis://:pw@node-0.redis:6379/0"
     assert not is_cluster_url(url) and is_cluster_url(cluster_url(url)) and cluster_url(cluster_url(url)) == cluster_url(url)
     assert single_node_url(cluster_url(url + "?ssl_cert_reqs=none")) == url + "?ssl_cert_reqs=none"
-    assert parse_config({"redis": {"url": url, "cluster": True}}).redis.client_url == f"{url}?cluster=true"
-    assert parse_config({"redis": {"url": f"{url}?cluster=1"}}).redis.is_cluster
+    site = {"prefix": "{site1}"}  # on a cluster a site's keys share one slot
+    assert parse_config({"redis": {"url": url, "cluster": True}, "pool": site}).redis.client_url == f"{url}?cluster=true"
+    assert parse_config({"redis": {"url": f"{url}?cluster=1"}, "pool": site}).redis.is_cluster
+    with pytest.raises(ConfigError, match="pool.prefix"):
+        parse_config({"redis": {"url": url, "cluster": True}})
     assert parse_config({"redis": {"url": url}}).redis.client_url == url
     with pytest.raises(ConfigError, match="redis.cluster"):
         parse_config({"redis": {"cluster": True}})  # the embedded server is one node

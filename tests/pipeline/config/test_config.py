@@ -71,3 +71,12 @@ def test_every_shipped_config_validates(path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.setenv("REDIS_PASSWORD", "pw")  # the site examples name a network Redis, the password comes from env
     assert isinstance(load_config(path), AppConfig)
+
+
+def test_a_cluster_site_prefix_must_be_a_hash_tag(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("redis:\n  url: redis://:pw@localhost:7000/0\n  cluster: true\n")
+    with pytest.raises(ConfigError, match=r"pool.prefix: on a Redis Cluster .* write '\{selfreid\}'"):
+        load_config(path)
+    path.write_text("redis:\n  url: redis://:pw@localhost:7000/0\n  cluster: true\npool:\n  prefix: '{site1}'\n")
+    assert load_config(path).pool.prefix == "{site1}"
