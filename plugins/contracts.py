@@ -10,8 +10,8 @@ Units are fixed here once so that no stage has to guess:
 
 * images are ``uint8`` ``H x W x 3`` numpy arrays in **BGR** order (OpenCV's order);
 * boxes are ``(x1, y1, x2, y2)`` floats in pixels of the full frame;
-* timestamps are seconds since the Unix epoch (wall clock at capture, or the
-  file's position added to the ingest start for recorded video);
+* timestamps are seconds since the Unix epoch: capture time for live streams, media time for
+  recordings (see :class:`Frame`);
 * embeddings are ``float32 [D]`` vectors with unit L2 norm, tagged with the model version
   that produced them: vectors of different versions are never compared.
 """
@@ -19,8 +19,8 @@ Units are fixed here once so that no stage has to guess:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -62,7 +62,13 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One decoded frame of one camera."""
+    """One decoded frame of one camera.
+
+    ``timestamp`` (Unix seconds) is the **capture time** (wall clock when the frame was read) for a
+    live stream, and the **media time** for recorded media (files, image folders, GStreamer with
+    ``live: false``): the frame's position in the recording plus ``camera.start_time``, or, without
+    one, plus the time ingest started reading it (the source's ``media_origin``).
+    """
 
     camera_id: str
     index: int
@@ -83,8 +89,9 @@ class Detection:
 class Crop:
     """A person crop with the metadata the pool keeps.
 
-    ``crop_id`` is the pool's id for the entry (the Redis stream id); it is ``None``
-    until the crop has been stored.
+    ``timestamp`` and ``frame_index`` are those of its :class:`Frame` (capture time for live streams,
+    media time for recordings). ``crop_id`` is the pool's id for the entry (the Redis stream id); it
+    is ``None`` until the crop has been stored.
     """
 
     camera_id: str
@@ -149,8 +156,10 @@ class Source(Protocol):
     themselves with backoff and count it in ``reconnects``; no source raises out of ``frames()``
     for a transient failure. ``counters`` are problem counts shown in the status and metrics
     (the built-in keys ``corrupt``, ``oversize_rejected``, ``oversize_downscaled`` become metrics);
-    ``last_error`` is the latest problem in words (``None``: none). :class:`SourceBase` gives the
-    defaults of a source that never reconnects.
+    ``last_error`` is the latest problem in words (``None``: none). ``media_origin`` is the Unix time
+    of media time 0 of recorded media once ``frames()`` started (``None`` for live streams and
+    before): ingest records it, so that a timestamp can be shown as a position in the recording.
+    :class:`SourceBase` gives the defaults of a source that never reconnects.
     """
 
     camera_id: str
@@ -170,6 +179,9 @@ class Source(Protocol):
     @property
     def last_error(self) -> str | None: ...
 
+    @property
+    def media_origin(self) -> float | None: ...
+
     def frames(self) -> Iterator[Frame]: ...
 
     def close(self) -> None: ...
@@ -177,7 +189,8 @@ class Source(Protocol):
 
 class SourceBase(ABC):
     """Defaults for a :class:`Source` of recorded media that never reconnects: ``state`` running,
-    no problem counters, ``close`` a no-op. Subclasses set ``camera_id`` and implement ``frames``."""
+    no problem counters, no known ``media_origin``, ``close`` a no-op. Subclasses set ``camera_id``
+    and implement ``frames``."""
 
     camera_id: str
     state: str = SourceState.RUNNING
@@ -185,11 +198,12 @@ class SourceBase(ABC):
     live: bool = False
     counters: Mapping[str, int] = MappingProxyType({})
     last_error: str | None = None
+    media_origin: float | None = None
 
     @abstractmethod
     def frames(self) -> Iterator[Frame]: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional default, not an abstract member
         """Nothing to release."""
 
 
@@ -433,7 +447,9 @@ class MatcherBase(ABC):
         """Nothing waits: every tracklet was decided by ``update``."""
         return []
 
-    def set_calibration(self, calibration: AssociationCalibration | None, version: str | None = None) -> None:
+    def set_calibration(  # noqa: B027 - an optional default, not an abstract member
+        self, calibration: AssociationCalibration | None, version: str | None = None
+    ) -> None:
         """This matcher keeps its own threshold."""
 
     def applying(self, entry_id: str) -> AbstractContextManager[None]:

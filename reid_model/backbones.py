@@ -10,6 +10,8 @@ download, or the offline deep-sort MobileNetV2 file).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -53,17 +55,15 @@ def _mobilenet(cfg: ModelConfig) -> nn.Module:
             _load_matching(
                 features, load_state_dict_file(cfg.weights_path), cfg.weights_path, prefix="features."
             )
-        elif torchvision_cache_path("mobilenet_v2") is not None:
-            _load_matching(
-                features, load_state_dict_file(torchvision_cache_path("mobilenet_v2")), "cache", "features."
-            )
+        elif (cached := torchvision_cache_path("mobilenet_v2")) is not None:
+            _load_matching(features, load_state_dict_file(cached), "cache", "features.")
         elif deepsort_mobilenet_path() is not None:
             load_deepsort_mobilenet(features)
         else:
             _load_torchvision_state(features, cfg, prefix="features.")
     # The last stride-2 block is features[14] (its depthwise conv); stride 1 keeps a 16x8 map.
     features[14].conv[1][0].stride = (cfg.last_stride, cfg.last_stride)
-    return features
+    return cast(nn.Module, features)  # torchvision has no type information
 
 
 def _load_matching(

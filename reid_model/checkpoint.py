@@ -72,7 +72,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from None
+        raise CheckpointError(
+            f"{path} is not a readable selfreid checkpoint (torch.load refused it: {type(exc).__name__})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a selfreid checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
     return state

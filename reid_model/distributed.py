@@ -37,8 +37,10 @@ the loss and the selection are the single-process code, untouched):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -47,6 +49,9 @@ from selfreid.reid_model.banks import MemoryBanks
 from selfreid.reid_model.config import TrainConfig
 from selfreid.reid_model.data import CropDataset
 from selfreid.reid_model.trainer import SCLTrainer
+
+if TYPE_CHECKING:
+    from selfreid.reid_model.selection import Selection
 
 __all__ = ["DistContext", "init_distributed", "all_gather_rows", "GatheredBanks", "DistributedSCLTrainer"]
 
@@ -97,7 +102,7 @@ class GatheredBanks:
     def __init__(self, banks: MemoryBanks) -> None:
         self.inner = banks
 
-    def __getattr__(self, name: str):  # G, L, M, momentum, state_dict, load_state_dict
+    def __getattr__(self, name: str) -> Any:  # G, L, M, momentum, state_dict, load_state_dict
         return getattr(self.inner, name)
 
     def __len__(self) -> int:
@@ -120,13 +125,17 @@ class _GradientAverager:
         self.pending: list[tuple[dist.Work, torch.Tensor]] = []
         for p in model.parameters():
             if p.requires_grad:
-                p.register_post_accumulate_grad_hook(self._launch)
+                p.register_post_accumulate_grad_hook(self._launch)  # type: ignore[no-untyped-call]  # unannotated in torch
         optimizer.register_step_pre_hook(self._finish)
 
     def _launch(self, param: torch.Tensor) -> None:
-        self.pending.append((dist.all_reduce(param.grad, async_op=True), param.grad))
+        grad = param.grad
+        assert grad is not None  # the hook runs once the gradient has been accumulated
+        work = dist.all_reduce(grad, async_op=True)
+        assert work is not None  # async_op=True always returns a Work
+        self.pending.append((work, grad))
 
-    def _finish(self, optimizer, args, kwargs) -> None:
+    def _finish(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         for work, grad in self.pending:
             work.wait()
             grad.div_(self.world)
@@ -140,7 +149,12 @@ class DistributedSCLTrainer(SCLTrainer):
         >>> result = DistributedSCLTrainer(cfg, progress=False).fit(dataset, "runs/ddp")  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: TrainConfig, progress: bool = True, after_epoch=None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        progress: bool = True,
+        after_epoch: Callable[[SCLTrainer, dict[str, Any]], None] | None = None,
+    ) -> None:
         if not dist.is_initialized():
             raise RuntimeError("DistributedSCLTrainer needs a process group: call init_distributed() first")
         if cfg.max_minutes is not None:
@@ -151,20 +165,23 @@ class DistributedSCLTrainer(SCLTrainer):
 
     def _setup(self, dataset: CropDataset, init_checkpoint: str | None) -> None:
         super()._setup(dataset, init_checkpoint)
-        for tensor in [*self.model.parameters(), *self.model.buffers()]:
+        model, banks = self.model, self.banks
+        assert model is not None and banks is not None  # SCLTrainer._setup built them
+        for tensor in [*model.parameters(), *model.buffers()]:
             dist.broadcast(tensor.data, src=0)  # identical start even if a rank's RNG differed
-        self.banks = GatheredBanks(self.banks)
-        self._averager = _GradientAverager(self.model, self.optimizer, self.world)
+        self._gathered = GatheredBanks(banks)
+        self.banks = cast(MemoryBanks, self._gathered)  # a proxy with MemoryBanks' interface
+        self._averager = _GradientAverager(model, self.optimizer, self.world)
 
     def init_banks(self, dataset: CropDataset) -> None:
         """The single-process initialisation pass, run in full on every rank: the same seeded batches
         give the same features everywhere, so the banks start identical without communication (one
         forward pass over the pool per rank, about a third of an epoch's compute)."""
-        banks, self.banks, self._sharded = self.banks, self.banks.inner, False
+        self.banks, self._sharded = self._gathered.inner, False
         try:
             super().init_banks(dataset)
         finally:
-            self.banks, self._sharded = banks, True
+            self.banks, self._sharded = cast(MemoryBanks, self._gathered), True
 
     def _batches(self, dataset: CropDataset, epoch: int) -> list[torch.Tensor]:
         """This rank's slice of every global batch (identical seeded order on every rank)."""
@@ -173,14 +190,14 @@ class DistributedSCLTrainer(SCLTrainer):
             return batches
         return [b[self.rank::self.world] for b in batches if len(b) >= 2 * self.world]
 
-    def step(self, x: torch.Tensor, idx: torch.Tensor, epoch: int):
+    def step(self, x: torch.Tensor, idx: torch.Tensor, epoch: int) -> tuple[float, Selection]:
         """One step; the returned loss is the mean over ranks (what a single process would log)."""
         loss, selection = super().step(x, idx, epoch)
         value = torch.tensor([loss], dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
         dist.all_reduce(value)
         return float(value.item()) / self.world, selection
 
-    def _save(self, path: Path, epoch: int, step: int, metrics: dict | None = None) -> None:
+    def _save(self, path: Path, epoch: int, step: int, metrics: dict[str, Any] | None = None) -> None:
         if self.rank == 0:
             super()._save(path, epoch, step, metrics)
         dist.barrier()

@@ -11,7 +11,7 @@ remaining same-camera item is wrong, so the penalty can only help.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
 import torch
@@ -20,7 +20,10 @@ from selfreid.reid_model.data import CropDataset
 from selfreid.reid_model.model import ReIDModel
 from selfreid.reid_model.transforms import build_transform, input_spec, preprocess_bgr
 
-__all__ = ["extract_features", "distance_matrix", "evaluate", "evaluate_features"]
+__all__ = ["Labels", "extract_features", "distance_matrix", "evaluate", "evaluate_features"]
+
+Labels: TypeAlias = torch.Tensor | np.ndarray | Sequence[int]
+"""Identity or camera ids, one per item: a tensor, an array or a list."""
 
 
 @torch.no_grad()
@@ -65,10 +68,10 @@ def distance_matrix(
 
 def evaluate(
     dist: torch.Tensor,
-    q_pids: torch.Tensor,
-    g_pids: torch.Tensor,
-    q_cams: torch.Tensor,
-    g_cams: torch.Tensor,
+    q_pids: Labels,
+    g_pids: Labels,
+    q_cams: Labels,
+    g_cams: Labels,
     ranks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
     """mAP and CMC from a ``[Q, G]`` distance matrix under the Market protocol (module docstring).
@@ -98,10 +101,10 @@ def evaluate(
 def evaluate_features(
     query: torch.Tensor,
     gallery: torch.Tensor,
-    q_pids,
-    g_pids,
-    q_cams,
-    g_cams,
+    q_pids: Labels,
+    g_pids: Labels,
+    q_cams: Labels,
+    g_cams: Labels,
     metric: Literal["cosine", "euclidean"] = "cosine",
     camera_penalty: float | None = None,
 ) -> dict[str, float]:

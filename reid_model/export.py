@@ -32,12 +32,20 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
 from selfreid.reid_model.transforms import InputSpec, input_spec, preprocess_bgr
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime as ort
+
+    from selfreid.reid_model.model import ReIDModel
 
 __all__ = [
     "INPUT_NAME",
@@ -75,7 +83,7 @@ class ParityError(ExportError):
 class _ServingGraph(nn.Module):
     """What gets traced: ``embed`` instead of ``forward`` (which returns the training pair)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: ReIDModel) -> None:
         super().__init__()
         self.model = model
 
@@ -125,7 +133,7 @@ def _metadata(spec: InputSpec, embedding_dim: int, model_version: str) -> dict[s
     }
 
 
-def _set_metadata(proto, metadata: dict[str, str]) -> None:
+def _set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     kept = [p for p in proto.metadata_props if p.key not in metadata]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
@@ -134,9 +142,9 @@ def _set_metadata(proto, metadata: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
-def _trace(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int, exporter: str) -> None:
+def _trace(model: ReIDModel, dummy: torch.Tensor, path: Path, opset: int, exporter: str) -> None:
     graph = _ServingGraph(model).eval()
-    common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
+    common: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
     with torch.no_grad():
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=65536)
@@ -146,7 +154,7 @@ def _trace(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int, export
             torch.onnx.export(graph, (dummy,), str(path), dynamo=False, dynamic_axes=axes, **common)
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] | None = None,
+def export_onnx(model: ReIDModel, path: str | Path, input_size: tuple[int, int] | None = None,
                 model_version: str = "0", opset: int = 17, *, exporter: str = "torchscript",
                 slim: bool = True) -> Path:
     """Export ``model.embed`` to ``path`` with a dynamic batch axis and the serving metadata.
@@ -165,7 +173,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] 
     path = Path(path)
     spec = input_spec(model.cfg)
     if input_size is not None:
-        spec = InputSpec(spec.color_order, spec.mean, spec.std, tuple(input_size))
+        h, w = input_size
+        spec = InputSpec(spec.color_order, spec.mean, spec.std, (h, w))
     model.eval()
     device = next(model.parameters()).device
     dummy = torch.zeros(2, 3, *spec.input_size, device=device)
@@ -206,7 +215,7 @@ def spec_from_metadata(meta: dict[str, str]) -> InputSpec:
     return InputSpec(meta["channel_order"], mean, std, (h, w))
 
 
-def onnx_session(path: str | Path, providers: Sequence[str] | None = None):
+def onnx_session(path: str | Path, providers: Sequence[str] | None = None) -> ort.InferenceSession:
     """An ONNX Runtime session; default providers: CUDA when available, then CPU."""
     import onnxruntime as ort
 
@@ -218,7 +227,8 @@ def onnx_session(path: str | Path, providers: Sequence[str] | None = None):
     return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
 
 
-def embed_onnx(path: str | Path, images: Sequence[np.ndarray], batch_size: int = 64, session=None) -> np.ndarray:
+def embed_onnx(path: str | Path, images: Sequence[np.ndarray], batch_size: int = 64,
+               session: ort.InferenceSession | None = None) -> npt.NDArray[np.float32]:
     """Embed BGR uint8 crops with an exported file, preprocessing as its metadata says: ``float32 [N, D]``."""
     meta = read_metadata(path)
     spec = spec_from_metadata(meta)
@@ -241,10 +251,10 @@ def _to_input(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return (a * b).sum(axis=1)
+    return cast(np.ndarray, (a * b).sum(axis=1))
 
 
-def check_parity(model: nn.Module, onnx_path: str | Path, images: Sequence[np.ndarray],
+def check_parity(model: ReIDModel, onnx_path: str | Path, images: Sequence[np.ndarray],
                  providers: Sequence[str] | None = None) -> float:
     """Worst cosine between ``model.embed`` (torch) and the ONNX file (ONNX Runtime) on ``images``
     (real BGR crops, preprocessed once for both). NaN outputs count as cosine 0 (``-1`` would
@@ -314,7 +324,7 @@ class ExportBundle:
     rejected_variants: dict[str, float] = field(default_factory=dict)
 
 
-def export_bundle(model: nn.Module, out_dir: str | Path, model_version: str, crops: Sequence[np.ndarray], *,
+def export_bundle(model: ReIDModel, out_dir: str | Path, model_version: str, crops: Sequence[np.ndarray], *,
                   opset: int = 17, min_cosine: float = 0.9999, exporter: str = "torchscript", slim: bool = True,
                   fp16: bool = False, int8: bool = False, variant_min_cosine: float = 0.99) -> ExportBundle:
     """Export ``model.onnx`` (plus requested variants) into ``out_dir`` and parity-check each on ``crops``.

@@ -39,6 +39,8 @@ def _embedding_layer(in_dim: int, out_dim: int, kaiming: bool) -> nn.Sequential:
 class ReIDModel(nn.Module):
     """Backbone feature map -> ``(g, l)``; see the module docstring."""
 
+    embed_scale: torch.Tensor  # a buffer (set in __init__); declared so that type checkers see a Tensor
+
     def __init__(self, cfg: ModelConfig, backbone: nn.Module, channels: int) -> None:
         super().__init__()
         self.cfg = cfg

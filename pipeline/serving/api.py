@@ -14,8 +14,8 @@ Endpoints (``create_app(cfg, redis_url)``):
   cross-camera identities, timeline, self-training curves and gate decisions, before/after metrics,
   throughput; plus an upload form for the search.
 
-``run_api`` binds the port before anything else and fails (:class:`ApiError`) when it is taken or
-when Redis refuses the password; once it serves it announces the URL and whether a token is needed.
+``run_api`` fails at once when Redis refuses the password or (:class:`ApiError`) when the port is
+taken; once it serves it announces the URL and whether a token is needed.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from selfreid.pipeline.config import ApiConfig, AppConfig
+from selfreid.pipeline.runtime.redis_conn import check_credentials, connect
 from selfreid.pipeline.runtime.signals import StopFlag
 from selfreid.pipeline.serving.api_auth import require_token, warn_if_exposed
 from selfreid.pipeline.serving.search import IdentitySearch, SearchError
-from selfreid.pipeline.runtime.redis_conn import connect
 
 __all__ = ["ApiError", "create_app", "listen_socket", "render_report", "report_identities", "run_api", "startup_message"]
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(RuntimeError):
-    """The API cannot start: its address is taken or invalid, or Redis refuses the password."""
+    """The API cannot start: its address is taken or invalid."""
 
 
 def report_identities(search: IdentitySearch) -> tuple[str, list, str]:
@@ -174,27 +174,15 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _check_credentials(redis_url: str) -> None:
-    """Stop at start when Redis refuses the password: unlike an outage (answered by /health with 503
-    while the API waits), it never gets better."""
-    client = connect(redis_url, socket_connect_timeout=3, socket_timeout=3)
-    try:
-        client.ping()
-    except redis.AuthenticationError as exc:
-        raise ApiError(f"Redis refused the password of redis.url / $REDIS_URL ({exc})") from None
-    except (redis.RedisError, OSError):
-        pass
-    finally:
-        client.close()
-
-
 def run_api(cfg: AppConfig, redis_url: str, stop: StopFlag, announce: Callable[[str], None] | None = None) -> None:
     """Serve on ``api.host:api.port`` until ``stop`` is set; ``announce`` (default: the log) gets
     :func:`startup_message` once the server accepts requests.
 
-    Raises :class:`ApiError` when the port cannot be bound or Redis refuses the password.
+    Raises :class:`ApiError` when the port cannot be bound, ``redis.AuthenticationError`` when Redis refuses
+    the password (an outage is answered by ``/health`` with 503 while the API waits).
     """
-    _check_credentials(redis_url)
+    with connect(redis_url, socket_connect_timeout=3, socket_timeout=3) as client:
+        check_credentials(client)
     sock = listen_socket(cfg.api.host, cfg.api.port)
     try:
         warn_if_exposed(cfg.api)

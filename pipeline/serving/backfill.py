@@ -228,7 +228,7 @@ def _id_key(stream_id: str) -> tuple[int, int]:
 
 class Backfill:
     """Rebuilds the gallery of ``version`` with ``embedder`` (already loaded with that version's model)
-    from ``pool`` (the Redis Streams pool: ``cameras()``, ``stream_key()``, ``_parse()``)."""
+    from ``pool`` (the Redis Streams pool: ``cameras()``, ``stream_key()``, ``parse_entries()``)."""
 
     def __init__(self, client: redis.Redis, prefix: str, pool: Any, embedder: Embedder, version: str,
                  settings: BackfillSettings | None = None, aggregation: str = "mean") -> None:
@@ -294,7 +294,7 @@ class Backfill:
         camera, entries = self._next_entries()
         if camera is None:
             return 0
-        crops = self.pool._parse(camera, entries)
+        crops = self.pool.parse_entries(camera, entries)
         mapped, skipped = [], 0
         for crop in crops:
             span = self._index.find(crop.camera_id, crop.track_id, crop.timestamp)
@@ -409,7 +409,7 @@ class Backfill:
         self.progress.carried = len((covered | self._skip) & set(self._spans))
 
     def _hand_over(self) -> None:
-        dim = int(getattr(self.embedder, "dim", 0) or 0)
+        dim = self.embedder.dim
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.key, mapping=self._fields())
         pipe.srem(self.gallery.key("retired"), self.version)
@@ -422,12 +422,15 @@ class Backfill:
 def run_backfill(cfg: AppConfig, client: redis.Redis, version: str, onnx_path: str, settings: BackfillSettings | None = None,
                  embedder: Embedder | None = None) -> BackfillProgress | None:
     """Rebuild ``version``'s gallery with the model at ``onnx_path`` (``embedder``: one already loaded
-    with it); ``None`` when it is off or the embedder serves a fixed model (no registry to follow)."""
+    with it); ``None`` when it is off or the configured embedder does not follow the registry (it serves
+    a fixed model, so the promoted version never embeds and needs no gallery)."""
     settings = settings or BackfillSettings()
-    if not settings.enabled or cfg.embedder.params.get("model"):
+    if not settings.enabled:
         return None
     if embedder is None:
-        embedder = build_embedder(cfg)
+        embedder = build_embedder(cfg)  # the contract says whether it follows the registry, whatever its settings
+        if not embedder.follows_registry:
+            return None
         embedder.load(onnx_path)
     prefix = cfg.pool.prefix
     aggregation = str(cfg.matcher.matcher.params.get("aggregation", "mean"))

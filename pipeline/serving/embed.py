@@ -13,6 +13,7 @@
   swap it **between batches** (no crop is dropped; each batch is tagged with the version that
   embedded it). Without a model the service waits and leaves the crops in the pool.
 * Errors (Redis down, a model that fails to load) are logged, counted and retried: it never crashes.
+  Only a password that Redis refuses stops it, at start (:func:`~selfreid.pipeline.runtime.redis_conn.check_credentials`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import redis
 
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.runtime.redis_conn import check_credentials, connect
 from selfreid.pipeline.runtime.signals import StopFlag
 from selfreid.pipeline.runtime.status import publish_status
 from selfreid.pipeline.serving.embedding_store import EmbeddingStore
@@ -38,7 +40,6 @@ from selfreid.pipeline.training.registry import production_key, promoted_channel
 from selfreid.plugins import registry
 from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.contracts import Crop, Embedder, Embedding, PoolStore
-from selfreid.pipeline.runtime.redis_conn import connect
 
 __all__ = [
     "run_embedder", "ModelFollower", "EmbedStats", "EmbeddingError", "build_embedder", "embed_with_version",
@@ -278,39 +279,45 @@ def _embedding(crop: Crop, vector: np.ndarray, version: str) -> Embedding:
 
 
 def run_embedder(cfg: AppConfig, redis_url: str, stop: StopFlag, embedder: Embedder | None = None) -> EmbedStats:
-    """Run until ``stop`` is set; returns the counters. ``embedder`` overrides the configured plugin."""
-    client = connect(redis_url)
-    loop = _EmbedLoop(cfg, client, open_pool(cfg, client), embedder or build_embedder(cfg))
-    last_status = 0.0
-    try:
-        while not stop.is_set():
-            try:
-                loop.follow_registry()
-                if not loop.embedder.loaded:
-                    loop.stats.state = "waiting for a production model"
-                    stop.wait(1.0)
-                else:
-                    loop.stats.state = "running"
-                    crops = loop.collect()
-                    if crops:
-                        loop.process(crops)
-            except (redis.RedisError, OSError) as exc:
-                loop.stats.errors += 1
-                log.warning("embedder: redis unavailable (%s); retrying", exc)
-                stop.wait(2.0)
-            except Exception:  # noqa: BLE001 - the service logs and keeps going
-                loop.stats.errors += 1
-                log.exception("embedder: batch failed; its crops stay pending and are retried")
-                stop.wait(1.0)
-            if time.monotonic() - last_status >= STATUS_EVERY_S:
-                last_status = _status(loop)
-    finally:
-        loop.stats.state = "stopped"
-        _status(loop)
-        if loop.follower:
-            loop.follower.close()
-        client.close()
+    """Run until ``stop`` is set; returns the counters. ``embedder`` overrides the configured plugin.
+    Raises ``redis.AuthenticationError`` at once when Redis refuses the password (an outage is waited out)."""
+    with connect(redis_url) as client:
+        check_credentials(client)
+        loop = _EmbedLoop(cfg, client, open_pool(cfg, client), embedder or build_embedder(cfg))
+        try:
+            _serve(loop, stop)
+        finally:
+            loop.stats.state = "stopped"
+            _status(loop)
+            if loop.follower:
+                loop.follower.close()
     return loop.stats
+
+
+def _serve(loop: _EmbedLoop, stop: StopFlag) -> None:
+    """Follow the registry and embed batches until ``stop``; errors are counted, logged and retried."""
+    last_status = 0.0
+    while not stop.is_set():
+        try:
+            loop.follow_registry()
+            if not loop.embedder.loaded:
+                loop.stats.state = "waiting for a production model"
+                stop.wait(1.0)
+            else:
+                loop.stats.state = "running"
+                crops = loop.collect()
+                if crops:
+                    loop.process(crops)
+        except (redis.RedisError, OSError) as exc:
+            loop.stats.errors += 1
+            log.warning("embedder: redis unavailable (%s); retrying", exc)
+            stop.wait(2.0)
+        except Exception:  # noqa: BLE001 - the service logs and keeps going
+            loop.stats.errors += 1
+            log.exception("embedder: batch failed; its crops stay pending and are retried")
+            stop.wait(1.0)
+        if time.monotonic() - last_status >= STATUS_EVERY_S:
+            last_status = _status(loop)
 
 
 def _status(loop: _EmbedLoop) -> float:

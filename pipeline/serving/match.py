@@ -30,6 +30,7 @@ import redis
 
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.runtime.leader import Leadership, hold_leadership
+from selfreid.pipeline.runtime.redis_conn import check_credentials, connect
 from selfreid.pipeline.runtime.signals import StopFlag
 from selfreid.pipeline.runtime.status import publish_status
 from selfreid.pipeline.serving.embed import ModelFollower
@@ -41,7 +42,6 @@ from selfreid.plugins.codec import as_text
 from selfreid.plugins.contracts import Index, Matcher
 from selfreid.plugins.matchers.gallery_store import GalleryStore
 from selfreid.reid_model.calibration import AssociationCalibration, CalibrationError
-from selfreid.pipeline.runtime.redis_conn import connect
 
 __all__ = [
     "run_matcher", "build_matcher", "MatchStats", "GROUP", "CalibrationFollower", "registered_calibrations",
@@ -225,20 +225,20 @@ def leader_key(prefix: str) -> str:
 def run_matcher(cfg: AppConfig, redis_url: str, stop: StopFlag) -> MatchStats:
     """Run until ``stop`` is set; returns the counters. Only the holder of the site's matcher lock
     matches and publishes the matcher's status; another instance waits silently as a standby and takes
-    over when the holder goes."""
-    client = connect(redis_url)
-    loop = _MatchLoop(cfg, client)
-    led = False
-    try:
-        while not stop.is_set():
-            loop.stats.state = "standby"
-            with hold_leadership(client, leader_key(cfg.pool.prefix), stop) as lead:
-                led = led or lead.held
-                loop.serve(lead, stop)
-    finally:
-        loop.stats.state = "stopped"
-        if led:
-            loop.status()
-        loop.calibrations.close()
-        client.close()
+    over when the holder goes. Raises ``redis.AuthenticationError`` at once when Redis refuses the password."""
+    with connect(redis_url) as client:
+        check_credentials(client)
+        loop = _MatchLoop(cfg, client)
+        led = False
+        try:
+            while not stop.is_set():
+                loop.stats.state = "standby"
+                with hold_leadership(client, leader_key(cfg.pool.prefix), stop) as lead:
+                    led = led or lead.held
+                    loop.serve(lead, stop)
+        finally:
+            loop.stats.state = "stopped"
+            if led:
+                loop.status()
+            loop.calibrations.close()
     return loop.stats

@@ -51,7 +51,8 @@ class HogDetector:
         self.settings = settings
         self.device = "cpu"
         self.hog = cv2.HOGDescriptor()
-        self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        # A float32 array at run time (the stubs say Sequence[float]); asarray does not copy it.
+        self.hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), dtype=np.float32))
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         return [self._detect_one(image) for image in images]
@@ -74,9 +75,9 @@ class HogDetector:
         )
         if len(rects) == 0:
             return []
-        rects = np.asarray(rects, dtype=float) / s.upscale
+        xywh = np.asarray(rects, dtype=float) / s.upscale
         scores = np.array([1.0 / (1.0 + math.exp(-float(m))) for m in np.ravel(margins)])
-        x, y, w, h = rects.T
+        x, y, w, h = xywh.T
         boxes = np.stack(
             [x + s.pad_x * w, y + s.pad_y * h, x + (1 - s.pad_x) * w, y + (1 - s.pad_y) * h], axis=1
         )

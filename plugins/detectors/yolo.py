@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from selfreid.plugins.contracts import Detection
 from selfreid.plugins.detectors.common import DetectorError, resolve_device, to_detections, weights_path
+
+if TYPE_CHECKING:
+    from ultralytics.engine.results import Results
 
 __all__ = ["YoloDetector"]
 
@@ -91,9 +94,10 @@ class YoloDetector:
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         if len(images) == 0:
             return []
-        results = self.model.predict(list(images), **self.predict_kwargs())
+        results = cast("list[Results]", self.model.predict(list(images), **self.predict_kwargs()))  # stream=False
         out = []
         for image, result in zip(images, results):
+            assert result.boxes is not None  # detection and pose models always return boxes
             boxes = result.boxes.cpu().numpy()
             out.append(to_detections(boxes.xyxy, boxes.conf, image.shape))
         return out

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,8 +18,9 @@ from selfreid.plugins.detectors.common import (
     to_detections,
     weights_path,
 )
+from selfreid.plugins.onnx_session import THREADS_HELP, session_options
 
-__all__ = ["YoloxOnnxDetector", "decode_yolox", "dynamic_model", "fit_input_hw", "session_options"]
+__all__ = ["YoloxOnnxDetector", "decode_yolox", "dynamic_model", "fit_input_hw"]
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +39,11 @@ def decode_yolox(raw: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
     ``wh = exp(p[2:4]) * stride``. Columns 4.. (objectness, class scores) are kept as they are.
     """
     grids, strides = [], []
-    for stride in STRIDES:
-        gh, gw = input_hw[0] // stride, input_hw[1] // stride
+    for step in STRIDES:
+        gh, gw = input_hw[0] // step, input_hw[1] // step
         ys, xs = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
         grids.append(np.stack((xs, ys), axis=-1).reshape(-1, 2))
-        strides.append(np.full((gh * gw, 1), stride))
+        strides.append(np.full((gh * gw, 1), step))
     grid, stride = np.concatenate(grids), np.concatenate(strides)
     xy = (raw[:, :2] + grid) * stride
     wh = np.exp(raw[:, 2:4]) * stride
@@ -93,19 +92,6 @@ def fit_input_hw(shape: tuple[int, ...], square: tuple[int, int]) -> tuple[int, 
     return h, w
 
 
-def session_options(threads: int | None, spin: bool) -> Any:
-    """onnxruntime options: ``threads`` intra-op threads (None: the cores this process may run on, from its
-    CPU affinity, not the machine's count) and idle-thread spinning on or off."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    options.intra_op_num_threads = threads or cores
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    return options
-
-
 class YoloxOnnxDetector:
     """YOLOX (e.g. the sample ``yolox_nano.onnx``) on onnxruntime, built as ``cls(settings, device="auto")``.
 
@@ -129,12 +115,7 @@ class YoloxOnnxDetector:
         person_class: int = Field(
             0, ge=0, description="Class index of 'person' in the model's head (COCO: 0)."
         )
-        threads: int | None = Field(
-            None,
-            ge=1,
-            description="onnxruntime intra-op threads; None = the cores this process may run on (its CPU "
-            "affinity, e.g. a container's cpuset), not the machine's count.",
-        )
+        threads: int | None = Field(None, ge=1, description=THREADS_HELP)
         spin: bool = Field(
             False,
             description="Idle onnxruntime threads spin-wait for work: a little lower latency on an idle box, "

@@ -12,7 +12,8 @@ Preprocessing is read **only** from the model file's ``metadata_props`` (written
 ============== ============================================================
 
 The session uses ``CUDAExecutionProvider`` when the device is ``auto``/``cuda`` and onnxruntime
-offers it, else the CPU; :attr:`OnnxEmbedder.provider` says which one runs (doctor, metrics).
+offers it, else the CPU; :attr:`OnnxEmbedder.provider` says which one runs (doctor, metrics). On the
+CPU its idle threads do not spin-wait (:mod:`selfreid.plugins.onnx_session`).
 :meth:`OnnxEmbedder.load` swaps the model atomically: a batch that already started finishes
 on the old session and is tagged with the old version.
 """
@@ -29,6 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from selfreid.plugins.onnx_session import THREADS_HELP, session_options
 
 __all__ = ["OnnxEmbedder", "InputSpec", "EmbedderError", "preprocess", "select_providers"]
 
@@ -48,7 +51,7 @@ class InputSpec:
     std: tuple[float, float, float]
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, str], source: str = "model") -> "InputSpec":
+    def from_metadata(cls, meta: dict[str, str], source: str = "model") -> InputSpec:
         """Parse ``metadata_props``; a missing or malformed key is an :class:`EmbedderError` naming it."""
         missing = [k for k in ("input_size", "channel_order", "mean", "std") if k not in meta]
         if missing:
@@ -145,7 +148,7 @@ class OnnxEmbedder:
             None, description="Fixed ONNX file; None = follow the registry's production model (hot swap)."
         )
         device: str = Field("auto", description="'auto' = CUDA when onnxruntime has it, else CPU; or 'cpu', 'cuda:N'.")
-        threads: int = Field(0, ge=0, description="CPU intra-op threads; 0 = onnxruntime's default.")
+        threads: int | None = Field(None, ge=1, description=THREADS_HELP)
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or self.Settings()
@@ -154,16 +157,14 @@ class OnnxEmbedder:
         if self.settings.model:
             self.load(self.settings.model)
 
-    def load(self, onnx_path: str | Path) -> "OnnxEmbedder":
+    def load(self, onnx_path: str | Path) -> OnnxEmbedder:
         """Open ``onnx_path`` and swap it in; the current model keeps serving until the new one is ready."""
         import onnxruntime as ort
 
         path = Path(onnx_path)
         if not path.is_file():
             raise EmbedderError(f"ONNX model not found: {path}")
-        options = ort.SessionOptions()
-        if self.settings.threads:
-            options.intra_op_num_threads = self.settings.threads
+        options = session_options(self.settings.threads, spin=False)
         providers = select_providers(self.settings.device, ort.get_available_providers())
         try:
             session = ort.InferenceSession(str(path), options, providers=providers)

@@ -53,9 +53,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
+from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from selfreid.plugins import streams
 from selfreid.plugins.codec import as_text
@@ -346,7 +348,7 @@ class RedisStreamPool:
         return [carry.popleft() for _ in range(min(count, len(carry)))]
 
     def _read_new(self, group: str, consumer: str, cams: list[str], count: int, block_ms: int) -> list[Crop]:
-        streams = {self.stream_key(c): ">" for c in cams}
+        streams: dict[KeyT, StreamIdT] = {self.stream_key(c): ">" for c in cams}
         try:
             reply = self.client.xreadgroup(
                 group, consumer, streams, count=count, block=block_ms if block_ms > 0 else None
@@ -357,13 +359,15 @@ class RedisStreamPool:
                 return []
             raise
         crops = []
-        for key, entries in reply or []:
+        for key, entries in cast(list[tuple[bytes, list]], reply or []):  # XREADGROUP: [(stream, entries)]
             cam = as_text(key).removeprefix(f"{self.prefix}:pool:")
-            crops.extend(self._parse(cam, entries, group))
+            crops.extend(self.parse_entries(cam, entries, group))
         return crops
 
-    def _parse(self, camera_id: str, entries: list, group: str | None = None) -> list[Crop]:
-        """The crops of stream entries; malformed ones are logged, skipped and acknowledged for ``group``."""
+    def parse_entries(self, camera_id: str, entries: list, group: str | None = None) -> list[Crop]:
+        """The crops of ``entries`` (``(id, fields)`` pairs of an XRANGE or XREADGROUP reply on ``camera_id``'s
+        stream), for readers of the streams beside the consumer groups (the backfill); malformed entries
+        are logged, skipped and acknowledged for ``group``."""
         crops, bad = [], []
         for sid, fields in entries:
             try:
@@ -401,7 +405,7 @@ class RedisStreamPool:
             for sid in ids:
                 entries = next(replies)
                 if entries:
-                    crops.extend(self._parse(cam, entries, group))
+                    crops.extend(self.parse_entries(cam, entries, group))
                 else:  # trimmed by retention before anyone acknowledged it
                     gone.append(f"{cam}/{sid}")
         if gone:
@@ -479,7 +483,7 @@ class RedisStreamPool:
             for cam in active:
                 pipe.xrevrange(self.stream_key(cam), cursor[cam], low, count=quota)
             for cam, entries in zip(list(active), pipe.execute()):
-                got[cam].extend(self._parse(cam, entries))
+                got[cam].extend(self.parse_entries(cam, entries))
                 if len(entries) < quota:
                     active.remove(cam)
                 else:
@@ -495,7 +499,7 @@ def _round_robin(per_camera: Iterable[list[Crop]]) -> list[Crop]:
     return out
 
 
-def _fields(crop: Crop) -> dict[str, bytes | str | int | float]:
+def _fields(crop: Crop) -> dict[FieldT, EncodableT]:
     return {
         "cam": crop.camera_id,
         "ts": repr(float(crop.timestamp)),

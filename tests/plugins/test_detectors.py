@@ -7,14 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vtest_data import read_vtest, vtest_gt
 
 from selfreid.pipeline.evaluation.detection import detection_recall
 from selfreid.plugins.contracts import Detection
 from selfreid.plugins.detectors.common import DetectorError, letterbox, nms, resolve_device
 from selfreid.plugins.detectors.hog import HogDetector
 from selfreid.plugins.detectors.yolo import YoloDetector
-from selfreid.plugins.detectors.yolox import YoloxOnnxDetector, decode_yolox, dynamic_model, fit_input_hw, session_options
+from selfreid.plugins.detectors.yolox import YoloxOnnxDetector, decode_yolox, dynamic_model, fit_input_hw
+from selfreid.plugins.onnx_session import session_options
+from vtest_data import read_vtest, vtest_gt
 
 DETECTORS = {
     "yolo": lambda: YoloDetector(YoloDetector.Settings()),
@@ -125,10 +126,11 @@ def test_yolox_fit_input_keeps_the_scale_and_drops_the_padding(frames: list[np.n
 
 
 def test_yolox_session_threads_follow_the_cores_this_process_may_use() -> None:
-    options = session_options(None, spin=False)
+    options = YoloxOnnxDetector(YoloxOnnxDetector.Settings()).session.get_session_options()
     assert options.intra_op_num_threads == len(os.sched_getaffinity(0))
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert session_options(3, spin=True).intra_op_num_threads == 3
+    spinning = session_options(3, spin=True)
+    assert spinning.intra_op_num_threads == 3 and spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
 
 
 def test_dynamic_model_leaves_an_already_dynamic_export_alone(tmp_path: Path) -> None:

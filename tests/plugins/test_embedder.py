@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,14 @@ def test_registered_and_meets_contract(onnx_model):
     assert isinstance(emb, OnnxEmbedder) and isinstance(emb, Embedder)
     assert emb.model_version == "v1" and emb.dim == 4096
     assert emb.provider == "CPUExecutionProvider"  # no CUDA on this machine; 'auto' falls back
+
+
+def test_session_threads_follow_the_cores_this_process_may_use_and_never_spin(onnx_model):
+    for threads, expected in ((None, len(os.sched_getaffinity(0))), (1, 1)):
+        emb = OnnxEmbedder(OnnxEmbedder.Settings(model=str(onnx_model), device="cpu", threads=threads))
+        options = emb._current().session.get_session_options()
+        assert options.intra_op_num_threads == expected
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_parity_with_torch_model(onnx_model, torch_reid_model, vtest_crops, shared_data):

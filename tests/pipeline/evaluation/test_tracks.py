@@ -2,8 +2,9 @@
 
 The ImageNet MobileNetV2 export on vtest.avi (every 8th frame, time split): its label-free
 calibration, fitted on the clip's unlabelled crops, must land inside the band of thresholds that
-give the oracle IDF1 (measured at every 4th frame: calibrated 0.872, best band 0.865-0.91), and a
-calibration stored in the ONNX metadata must be the one the product association uses.
+give (nearly) the oracle IDF1 (measured: calibrated 0.895, IDF1 0.925; 0.87-0.90 give 0.925-0.931,
+0.86 gives 0.851 and 0.91 0.864), and a calibration stored in the ONNX metadata must be the one the
+product association uses.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ def test_label_free_calibration_lands_in_the_best_band(vtest_boxes, vtest_crops,
     cal = out["calibration"]
     assert out["threshold"] == pytest.approx(cal["threshold"], abs=1e-4)
     assert cal["negative_mean"] < out["threshold"] < cal["positive_mean"]
-    assert 0.86 < out["threshold"] < 0.91, out  # the band of thresholds with the oracle IDF1 (docstring)
+    assert 0.865 < out["threshold"] < 0.905, out  # the band of thresholds with the best IDF1 (docstring)
     assert out["identities_true"] == 10 and out["baseline_idf1"] == pytest.approx(0.684, abs=0.01)
-    assert out["idf1"] > out["baseline_idf1"] + 0.15, out
+    assert out["idf1"] >= 0.88, out  # one wrong decision (~0.05) below the measured 0.925
 
 
 def test_a_pinned_threshold_wins_over_the_calibration(vtest_boxes, vtest_crops, vectors, redis_client):

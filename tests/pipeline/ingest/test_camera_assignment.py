@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from selfreid.pipeline.config import parse_config
 from selfreid.pipeline.ingest.camera_assignment import (
     ENV_VAR,
     Membership,
@@ -15,7 +16,6 @@ from selfreid.pipeline.ingest.camera_assignment import (
     shard_of,
     with_cameras,
 )
-from selfreid.pipeline.config import parse_config
 
 CAMERA_IDS = [f"cam{i:02d}" for i in range(12)]
 

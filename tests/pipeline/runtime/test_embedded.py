@@ -18,21 +18,21 @@ from selfreid.pipeline.runtime.doctor import run_checks
 from selfreid.pipeline.runtime.embedded import running_embedded_server
 from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
 
-# The owner: starts the embedded server on argv[1] (watched when argv[2] == "watch"), writes a key,
-# says so, then waits to be killed or, with "exit", ends at once without any clean-up.
+# The owner: starts the embedded server on argv[1] (EmbeddedRedis starts its watchdog), writes a key,
+# says so, then waits to be killed or, with "exit", kills its watchdog too (as `kill -9` of every
+# selfreid process would) and ends at once without any clean-up.
 OWNER = """
 import os, sys, time
 from pathlib import Path
 import redis
-from selfreid.pipeline.runtime.embedded import OwnerWatch
 from selfreid.pipeline.runtime.redis_conn import EmbeddedRedis
 server = EmbeddedRedis(Path(sys.argv[1])).start()
-socket_file = server.url.removeprefix("unix://")
-if sys.argv[2] == "watch":
-    OwnerWatch(socket_file)
-client = redis.Redis(unix_socket_path=socket_file)
+client = redis.Redis.from_url(server.url)
 client.set("kept", "yes")
 client.close()
+if sys.argv[2] == "exit":
+    server._watch.process.kill()
+    server._watch.process.wait()
 print("ready", flush=True)
 if sys.argv[2] == "exit":
     os._exit(0)
@@ -70,7 +70,7 @@ def read_back(folder: Path) -> bytes | None:
                          expected="the redis-server saves and exits on its own; the next start finds the data")
 def test_embedded_server_ends_with_its_killed_owner(observe, tmp_path) -> None:
     folder = tmp_path / "redis"
-    owner = start_owner(folder, "watch")
+    owner = start_owner(folder, "wait")
     server = running_embedded_server(folder)
     assert server is not None
     owner.send_signal(signal.SIGKILL)
@@ -82,7 +82,8 @@ def test_embedded_server_ends_with_its_killed_owner(observe, tmp_path) -> None:
     assert ended and value == b"yes"
 
 
-@pytest.mark.reliability("fault", case="an embedded redis-server left running by an owner that died without clean-up",
+@pytest.mark.reliability("fault", case="an embedded redis-server left running by an owner that died without clean-up "
+                         "together with its watchdog (e.g. `kill -9` of every selfreid process)",
                          expected="`selfreid doctor` warns, naming the pid and how to stop it; the data is kept")
 def test_doctor_reports_a_left_server(observe, tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)

@@ -173,3 +173,11 @@ def test_the_registry_hook_backfills_and_never_blocks_a_promotion(cfg, redis_cli
     backfill_hook(cfg, redis_client)(SimpleNamespace(version="v3", onnx=tmp_path / "missing.onnx"))  # no raise
     assert backfill_progress(redis_client, "bf", "v3").state == "failed"
     assert "gallery rebuild failed (ONNX model not found" in serving_statement(redis_client, "bf", "v3")
+
+
+def test_no_backfill_for_an_embedder_with_a_fixed_model(cfg, redis_client, onnx_model):
+    """The Embedder contract (``follows_registry``) decides: a fixed model never serves the promoted version."""
+    _site(cfg, redis_client)
+    fixed = cfg.model_copy(update={"embedder": cfg.embedder.model_copy(update={"params": {"model": str(onnx_model)}})})
+    assert run_backfill(fixed, redis_client, "v2", "v2.onnx") is None
+    assert backfill_progress(redis_client, "bf", "v2") is None
