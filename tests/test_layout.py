@@ -34,6 +34,38 @@ def test_reid_model_imports_no_redis_video_or_pipeline(path: Path) -> None:
     assert not bad, f"{path.name} imports {bad}"
 
 
+STAGE_PACKAGES = ("ingest", "training", "serving", "evaluation", "report", "orchestration", "runtime", "config")
+
+
+def test_pipeline_is_laid_out_by_stage() -> None:
+    """Every pipeline module lives in a stage package; none is left flat beside them."""
+    flat = sorted(p.name for p in (REPO / "pipeline").glob("*.py") if p.name != "__init__.py")
+    assert not flat, f"flat modules in pipeline/: {flat}"
+    for name in (*STAGE_PACKAGES, "cli"):
+        assert (REPO / "pipeline" / name / "__init__.py").is_file(), name
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for name in STAGE_PACKAGES for p in (REPO / "pipeline" / name).rglob("*.py")),
+    ids=lambda p: str(p.relative_to(REPO / "pipeline")),
+)
+def test_services_never_import_the_cli(path: Path) -> None:
+    """The stages are called by the CLI, never the other way round: services call functions."""
+    bad = [m for m in imported_modules(path) if m.startswith("selfreid.pipeline.cli")]
+    assert not bad, f"{path.name} imports {bad}"
+
+
+def test_cli_modules_import_no_command_module_but_common() -> None:
+    """Command groups share only cli/common.py; only app.py (the registration) imports them all."""
+    for path in sorted((REPO / "pipeline" / "cli").glob("*.py")):
+        if path.name in ("app.py", "__init__.py", "__main__.py"):
+            continue
+        bad = [m for m in imported_modules(path)
+               if m.startswith("selfreid.pipeline.cli") and m != "selfreid.pipeline.cli.common"]
+        assert not bad, f"{path.name} imports {bad}"
+
+
 def test_no_generic_top_level_packages_are_installed() -> None:
     """The folders are installed as selfreid.pipeline/... (PEP 420 namespace), never as `pipeline`."""
     import importlib.util
