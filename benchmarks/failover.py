@@ -10,20 +10,18 @@ YOLOX-nano. Redis is one embedded redis-server on a Unix socket: loopback only.
 Phases: all three hosts reach a steady split (every camera in exactly one host's fresh status report
 and writing crops); host ``c`` is killed with SIGKILL (its whole process group); the benchmark waits
 until each of its cameras is processed again by a survivor (and notes when the survivors' heartbeats
-dropped it from the member set: the detection part of the delay; the rest is the survivors restarting
-their ingest with the new share). The **value** is the slowest of those
+dropped it from the member set: the detection part of the delay; the rest is the survivors taking
+their new share, which ``selfreid ingest`` does in the same process: it stops its cameras and runs
+ingest again, without a process restart). The **value** is the slowest of those
 cameras: seconds from the kill to the first status report of a survivor that counts processed frames
 of it (status reports every 0.5 s; both times on this machine's clock). Also reported: the seconds to
 its first new crop in Redis (stream ids are the Redis server's milliseconds; a camera shows no person
 for a while sometimes, so this one depends on the footage). Then every pool entry that existed at the kill is checked to be
 still there (nothing Redis acknowledged is lost), the split is read again, host ``c`` is started
 again and the benchmark checks that exactly its cameras moved back. It also reports how long the
-survivors' own cameras paused (a survivor restarts its ingest to take its new share).
+survivors' own cameras paused (a survivor re-opens its cameras to take its new share).
 
-``--restart in-process`` measures the alternative to restarting a process for each new share: the host
-calls ``run_ingest`` again in the same process. It is printed, not recorded as X1.
-
-    .venv/bin/python -m benchmarks.failover [--ttl-s 6] [--timeout-s 90] [--restart process|in-process]
+    .venv/bin/python -m benchmarks.failover [--ttl-s 6] [--timeout-s 90]
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,12 +53,9 @@ GOAL_S = 15.0
 STATUS_EVERY_S = 0.5
 FRESH_S = 3.0  # a status report older than this is a host that stopped reading
 CAMERA_FPS = 1  # frames processed per camera and second: 12 cameras share the CPU with Redis and 3 hosts
-# A host: the restart policy of a container, as a shell loop in its own process group, around
-# `selfreid ingest` (which exits to take a new share), or around --run-host (which takes it in-process).
-HOST_LOOPS = {
-    "process": 'while true; do "$0" -m selfreid.pipeline.cli ingest --config "$1"; sleep 0.2; done',
-    "in-process": 'while true; do "$0" -m benchmarks.failover --run-host "$1"; sleep 0.2; done',
-}
+# A host: the restart policy of a container (restarts after a crash only: `selfreid ingest` takes a
+# new share in-process), as a shell loop in its own process group.
+HOST_LOOP = 'while true; do "$0" -m selfreid.pipeline.cli ingest --config "$1"; sleep 0.2; done'
 
 
 def cameras(data: Path) -> list[dict[str, Any]]:
@@ -99,8 +93,8 @@ def write_config(folder: Path, data: Path) -> Path:
 class Host:
     """One ingest host: a restart loop in its own process group, with its own data folder and log."""
 
-    def __init__(self, name: str, folder: Path, config: Path, env: dict[str, str], restart: str) -> None:
-        self.name, self.config, self.loop = name, config, HOST_LOOPS[restart]
+    def __init__(self, name: str, folder: Path, config: Path, env: dict[str, str]) -> None:
+        self.name, self.config, self.loop = name, config, HOST_LOOP
         self.folder = folder / name
         self.env = env | {"SELFREID_DATA_DIR": str(self.folder), MEMBER_ENV: name, "SELFREID_INGEST_SHARD": "auto"}
         self.process: subprocess.Popen | None = None
@@ -210,27 +204,7 @@ def longest_pause_s(client: redis.Redis, camera: str, start_ms: int, end_ms: int
     return max(b - a for a, b in zip(stamps, stamps[1:])) / 1000
 
 
-def run_host(config: Path) -> None:
-    """The ``in-process`` host: ``run_ingest`` again on each new share, in this process (no restart:
-    no imports, only the detector and the cameras are opened again), until SIGTERM/SIGINT."""
-    from selfreid.pipeline.config import load_config
-    from selfreid.pipeline.ingest.service import run_ingest
-
-    cfg = load_config(config)
-    terminated, current = threading.Event(), [threading.Event()]
-
-    def on_signal(*_: object) -> None:
-        terminated.set()
-        current[0].set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not terminated.is_set():
-        current[0] = threading.Event()  # set by a signal, or by the camera assignment when the share changes
-        run_ingest(cfg, os.environ["REDIS_URL"], current[0])
-
-
-def run(ttl_s: float, timeout_s: float, restart: str) -> dict[str, Any]:
+def run(ttl_s: float, timeout_s: float) -> dict[str, Any]:
     data = sample_data()
     with tempfile.TemporaryDirectory(prefix="selfreid-x1-") as tmp, EmbeddedRedis(Path(tmp) / "redis") as server:
         folder = Path(tmp)
@@ -239,7 +213,7 @@ def run(ttl_s: float, timeout_s: float, restart: str) -> dict[str, Any]:
         env = dict(os.environ) | {"REDIS_URL": server.url, TTL_ENV: str(ttl_s), "OMP_NUM_THREADS": "1",
                                   "YOLO_OFFLINE": "1"}
         env.pop("SELFREID_CONFIG", None)
-        hosts = {name: Host(name, folder, config, env, restart) for name in HOSTS}
+        hosts = {name: Host(name, folder, config, env) for name in HOSTS}
         client = redis.Redis.from_url(server.url)
         try:
             load_at_start = round(os.getloadavg()[0], 2)
@@ -312,22 +286,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ttl-s", type=float, default=6.0, help="Heartbeat TTL of the ingest members (s).")
     parser.add_argument("--timeout-s", type=float, default=90.0, help="Give up on a phase after this long (s).")
-    parser.add_argument("--restart", choices=sorted(HOST_LOOPS), default="process",
-                        help="process: `selfreid ingest` exits to take a new share and the host restarts it (the "
-                        "product today); in-process: the host calls run_ingest again in the same process.")
-    parser.add_argument("--run-host", type=Path, help=argparse.SUPPRESS)  # one in-process host (internal)
     args = parser.parse_args()
-    if args.run_host:
-        run_host(args.run_host)
-        return
-    details = run(args.ttl_s, args.timeout_s, args.restart)
+    details = run(args.ttl_s, args.timeout_s)
     value = max(details["resume_s"].values())
     met = value <= GOAL_S and details["acknowledged_entries_lost"] == 0 and details["only_its_cameras_moved_back"]
-    details |= {"restart": args.restart, "ttl_s": args.ttl_s, "hosts": len(HOSTS), "cameras": len(details["split_before"]),
+    details |= {"ttl_s": args.ttl_s, "hosts": len(HOSTS), "cameras": len(details["split_before"]),
                 "detector": "yolox (sample nano ONNX, CPU)", "camera_fps": CAMERA_FPS,
                 "load_average_1m_at_end": round(os.getloadavg()[0], 2)}
-    if args.restart == "process":  # the product; the other mode is an experiment, printed only
-        write_result("X1", round(value, 2), f"<= {GOAL_S:g} s, 0 lost, only its cameras move back", "s", details, met)
+    write_result("X1", round(value, 2), f"<= {GOAL_S:g} s, 0 lost, only its cameras move back", "s", details, met)
     print(json.dumps({k: details[k] for k in ("resume_s", "first_crop_s", "acknowledged_entries_lost", "moved_back",
                                                "only_its_cameras_moved_back")}, indent=1))
     print(f"X1: slowest camera resumed {value:.2f} s after SIGKILL (goal <= {GOAL_S:g} s); met: {met}")

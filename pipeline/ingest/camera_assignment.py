@@ -6,8 +6,8 @@ replicas agree through Redis: each one keeps a heartbeat in the sorted set
 weight) gives it over the live members. Every replica computes the same split from the same
 member list, a camera moves only when its owner joins or leaves, and no lease has to be passed
 around. When the member list changes so that this replica's share changes, ``stop`` is set: the
-replica finishes its frames, returns, and its restart policy starts it again with the new share
-(crash-only: no camera is ever read twice for long, none is dropped for more than one restart).
+replica finishes its frames and returns, and ``selfreid ingest`` runs ingest again in the same process
+with the new share (no camera is ever read twice for long, none is dropped for more than that turn).
 A member is ``hostname-pid``, which a restarted container keeps (pid 1), or ``$SELFREID_INGEST_MEMBER``
 when set (a host whose supervisor restarts ingest under a new pid); a replica that exits to take a
 new share does not leave the set: it keeps beating while it shuts down and then holds its place for
@@ -58,9 +58,9 @@ ENV_VAR = "SELFREID_INGEST_SHARD"
 MEMBER_ENV = "SELFREID_INGEST_MEMBER"
 TTL_ENV = "SELFREID_INGEST_TTL_S"
 DEFAULT_TTL_S = 15.0
-# A replica that exits to take its new share keeps its place this long (plus the TTL) for its restart
-# (imports, detector loading; a container runtime may also back off): otherwise a slow restart looks
-# like a death, and the others restart too, for nothing.
+# A replica that stops to take its new share keeps its place this long (plus the TTL) until it runs
+# again (in the same process; a process restart happens only after a crash, when a container runtime
+# may also back off): otherwise a slow turn looks like a death, and the others move too, for nothing.
 RESTART_GRACE_S = 30.0
 
 

@@ -31,7 +31,12 @@ def test_a_new_share_runs_ingest_again_in_the_same_process(shared_data, redis_se
 
     other, other_gone = Membership(redis_client, PREFIX, TTL_S, "host-c"), threading.Event()
     other.beat()  # host-c shares the cameras: host-a starts with cam3 only (rendezvous over both)
-    beating = threading.Thread(target=lambda: [other.beat() for _ in iter(lambda: other_gone.wait(0.1), True)])
+
+    def keep_beating() -> None:  # host-c alive until `other_gone`
+        while not other_gone.wait(0.1):
+            other.beat()
+
+    beating = threading.Thread(target=keep_beating)
     beating.start()
     shares: list[list[str]] = []
     real_run_ingest = service.run_ingest
