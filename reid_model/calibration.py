@@ -186,7 +186,7 @@ def tracklet_pairs(
     positives = [h for idx in groups.values() if (h := _halves(idx, t, min_gap)) is not None]
     spans = sorted(((t[idx[0]], t[idx[-1]], str(cameras[idx[0]]), label) for label, idx in groups.items()))
     cannot_link = []
-    for i, (start_a, end_a, cam_a, a) in enumerate(spans):
+    for i, (_, end_a, cam_a, a) in enumerate(spans):
         for start_b, _, cam_b, b in spans[i + 1 :]:
             if start_b > end_a:  # sorted by start: no later tracklet overlaps a
                 break

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -63,7 +63,7 @@ def eval_tracks_command(
     model: Annotated[Path, typer.Option("--model", help="Exported model (.onnx); its stored calibration is used.")],
     gt: Annotated[Path, typer.Option("--gt", help="MOT-format ground truth: frame,id,x,y,w,h,considered,...")],
     video: Annotated[Path, typer.Option("--video", help="The video the ground truth labels (frame 1 = first frame).")],
-    frames: Annotated[Optional[str], typer.Option("--frames", help="FIRST-LAST frames to score, e.g. 1-400; "
+    frames: Annotated[str | None, typer.Option("--frames", help="FIRST-LAST frames to score, e.g. 1-400; "
                                                                     "rows outside are ignored (default: all).")] = None,
     split: Annotated[Literal["time", "halves"], typer.Option(
         "--split", help="Virtual cameras from one view: 'time' (first/second half of the frames) or 'halves' "

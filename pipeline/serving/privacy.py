@@ -34,9 +34,9 @@ from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.runtime.pool import open_pool
 from selfreid.pipeline.serving.embed import rejected_key
 from selfreid.pipeline.serving.embedding_store import EmbeddingStore
+from selfreid.plugins import streams
 from selfreid.plugins.contracts import Matcher
 from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord, parse_tracklet_key
-from selfreid.plugins import streams
 from selfreid.plugins.streams import server_ms
 
 __all__ = ["RetentionReport", "ForgetReport", "Span", "enforce_retention", "identity_tracklets", "forget_identity"]

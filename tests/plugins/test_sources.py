@@ -12,13 +12,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from vtest_data import read_vtest, vtest_path
 
 from selfreid.pipeline.config import CameraConfig
 from selfreid.plugins.contracts import SourceState
 from selfreid.plugins.sources.base import Backoff, SourceError
 from selfreid.plugins.sources.images import ImageFolderSource
 from selfreid.plugins.sources.video import FileSource, StreamSource, WebcamSource
+from vtest_data import read_vtest, vtest_path
 
 
 def camera(uri: str | Path, **kw) -> CameraConfig:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vtest_data import read_vtest, vtest_gt
 
 from selfreid.pipeline.evaluation.detection import iou_matrix
 from selfreid.plugins.contracts import Detection, Frame
 from selfreid.plugins.detectors.yolox import YoloxOnnxDetector
 from selfreid.plugins.trackers.ultralytics_trackers import BotSortTracker, ByteTrackTracker, DetectionsView
+from vtest_data import read_vtest, vtest_gt
 
 N_FRAMES = 20
 TRACKERS = {

@@ -485,7 +485,8 @@ def test_corrupted_model_file_is_refused_and_the_old_model_keeps_serving(
     versions_used = sorted({f[b"ver"].decode() for _, f in redis_client.xrange("cm:embeddings")})
     assert versions_used == ["1"], "every crop, before and after the bad promotion, was embedded by version 1"
     assert search_version == "1", "the search API kept the model it had"
-    refusal = next(r.getMessage() for r in caplog.records if r.name == "selfreid.pipeline.serving.embed" and r.levelname == "ERROR")
+    refusal = next(r.getMessage() for r in caplog.records
+                   if r.name == "selfreid.pipeline.serving.embed" and r.levelname == "ERROR")
     refused_text, refusal = (str(refused.value).replace(str(tmp_path), "$TMP"), refusal.replace(str(tmp_path), "$TMP"))
     observe(f"promote 2: RegistryError '{refused_text}'; embedder told to load it: '{refusal}', "
             f"still version 1 ({stats.embedded} crops embedded, versions used: {versions_used}); "

@@ -112,8 +112,9 @@ def test_missing_videos_leave_cameras_out_or_say_how_to_get_them(tmp_path: Path)
     assert [c.id for c in kept.ingest.cameras] == [cameras[0].id]
     assert "camera(s) left out: corridor" in console.export_text()
 
+    missing = cameras[2].model_copy(update={"uri": str(tmp_path / "no.mp4")}).model_dump()
     nothing = AppConfig.model_validate({**partial.model_dump(), "ingest": {
-        **partial.ingest.model_dump(), "cameras": [cameras[2].model_copy(update={"uri": str(tmp_path / "no.mp4")}).model_dump()]}})
+        **partial.ingest.model_dump(), "cameras": [missing]}})
     with pytest.raises(DemoError, match="fetch_sample_data.sh"):
         fit_to_available_data(nothing, console)
 

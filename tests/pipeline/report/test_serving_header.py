@@ -8,8 +8,8 @@ import re
 import cv2
 import numpy as np
 import pytest
-from chromium import render
 
+from chromium import render
 from selfreid.pipeline.config import parse_config
 from selfreid.pipeline.report.site import collect_report, render_html
 from selfreid.pipeline.runtime.pool import open_pool
