@@ -16,6 +16,7 @@ prefix on a cluster client, before any command fails with ``CROSSSLOT``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import redis
 
@@ -44,7 +45,8 @@ def erase(client: redis.Redis, key: str, select: Callable[[bytes, Fields], bool]
     Reads the whole stream, ``page`` entries per round trip: erasure is a rare, explicit request.
     """
     removed, start = 0, "-"
-    while entries := client.xrange(key, start, "+", count=page):
+    # an XRANGE reply (redis' stubs also allow None ids and fields: only XCLAIM replies have them)
+    while entries := cast(list[tuple[bytes, Fields]], client.xrange(key, start, "+", count=page)):
         doomed = [entry_id for entry_id, fields in entries if select(entry_id, fields)]
         if doomed:
             removed += int(client.xdel(key, *doomed))

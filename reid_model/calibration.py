@@ -58,6 +58,7 @@ __all__ = [
     "pair_scores",
     "calibrate_scores",
     "fit_calibration",
+    "Method",
     "METHODS",
     "NEGATIVE_TAIL_K",
     "CALIBRATION_METADATA_KEY",
@@ -105,7 +106,7 @@ class AssociationCalibration:
         missing = names - set(data)
         if missing:
             raise CalibrationError(f"calibration record lacks {sorted(missing)}")
-        kinds = {f.name: f.type for f in fields(cls)}
+        kinds = {f.name: str(f.type) for f in fields(cls)}  # annotations are strings (``from __future__``)
         cast = {"float": float, "int": int, "str": str}
         try:
             return cls(**{k: cast[kinds[k]](data[k]) for k in names})
@@ -196,7 +197,7 @@ def tracklet_pairs(
 
 
 def _mean_feature(features: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    mean = features[idx].mean(0)
+    mean: np.ndarray = features[idx].mean(0)
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
@@ -306,8 +307,9 @@ def fit_calibration(
     Raises:
         CalibrationError: fewer than 3 positive or 3 cannot-link pairs in the pool.
     """
-    if len(features) != len(tracklets):
-        raise ValueError(f"{len(features)} features for {len(tracklets)} crops")
+    feats = np.asarray(features, dtype=np.float64)
+    if len(feats) != len(tracklets):
+        raise ValueError(f"{len(feats)} features for {len(tracklets)} crops")
     pairs = tracklet_pairs(tracklets, cameras, times, min_gap)
-    pos, neg = pair_scores(features, tracklets, times, pairs, query_crops)
+    pos, neg = pair_scores(feats, tracklets, times, pairs, query_crops)
     return calibrate_scores(pos, neg, method)

@@ -44,6 +44,7 @@ from selfreid.reid_model.calibration import (
     CALIBRATION_METADATA_KEY,
     AssociationCalibration,
     CalibrationError,
+    Method,
     fit_calibration,
 )
 
@@ -108,7 +109,7 @@ def load_clip(gt: Path, video: Path, frames: tuple[int, int] | None = None, spli
     return Clip(boxes, crops, fps)
 
 
-def clip_calibration(clip: Clip, vectors: np.ndarray, method: str = "midpoint") -> AssociationCalibration:
+def clip_calibration(clip: Clip, vectors: np.ndarray, method: Method = "midpoint") -> AssociationCalibration:
     """Label-free calibration from the clip's own crops (its per-camera tracklets and their times)."""
     tracklets, cameras, times = clip.tracklet_labels()
     return fit_calibration(vectors, tracklets, cameras, times, method=method)
@@ -142,15 +143,15 @@ def oracle_threshold(clip: Clip, vectors: np.ndarray, version: str, client,
         return idf1(clip.boxes, _labels(clip, vectors, version, client, pinned, None)[0])["idf1"]
 
     coarse = {round(t, 3): score(t) for t in np.arange(-0.2, 0.95 + 1e-9, COARSE_STEP)}
-    centre = max(coarse, key=coarse.get)
+    centre = max(coarse, key=coarse.__getitem__)
     fine = {round(t, 3): score(t) for t in centre + np.arange(-4, 5) * 0.01 if -1 <= t <= 1 and round(t, 3) not in coarse}
     curve = {**coarse, **fine}
-    return max(curve, key=curve.get), {f"{k:.2f}": round(v, 4) for k, v in sorted(curve.items())}
+    return max(curve, key=curve.__getitem__), {f"{k:.2f}": round(v, 4) for k, v in sorted(curve.items())}
 
 
 def score_tracks(clip: Clip, vectors: np.ndarray, version: str, client, *,
                  calibration: AssociationCalibration | None = None,
-                 settings: CrossCameraMatcher.Settings | None = None, method: str = "midpoint",
+                 settings: CrossCameraMatcher.Settings | None = None, method: Method = "midpoint",
                  oracle: bool = True) -> dict[str, Any]:
     """IDF1/IDP/IDR and identities of ``vectors`` (the model's embeddings of ``clip.crops``) under the
     product association, and the oracle IDF1 for comparison.

@@ -27,7 +27,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from selfreid.plugins.contracts import Embedder, Embedding, Matcher
+from selfreid.plugins.contracts import Embedder, EmbedderBase, Embedding, Matcher
 
 __all__ = ["GtBox", "load_gt", "virtual_cameras", "read_crops", "match_tracklets", "idf1", "evaluate", "FPS",
            "PrecomputedEmbedder", "calibrated_idf1", "THRESHOLDS", "FIXED_THRESHOLD", "PRODUCT_KEYS", "Split",
@@ -67,7 +67,8 @@ def virtual_cameras(boxes: Sequence[GtBox], split: Split = "time", width: int = 
                     first_frame: int = 1) -> list[GtBox]:
     """Assign each box a virtual camera and a per-camera track id (ground-truth ids renumbered); the
     ``time`` split cuts frames ``first_frame..last_frame`` in the middle."""
-    out, numbering = [], {}
+    out: list[GtBox] = []
+    numbering: dict[tuple[str, int], int] = {}
     for b in sorted(boxes, key=lambda b: (b.frame, b.gt_id)):
         cam = _camera_of(b, split, width, last_frame, first_frame)
         track = numbering.setdefault((cam, b.gt_id), len([k for k in numbering if k[0] == cam]) + 1)
@@ -190,7 +191,7 @@ def evaluate(
     }
 
 
-class PrecomputedEmbedder:
+class PrecomputedEmbedder(EmbedderBase):
     """An embedder answering from vectors computed once (both splits share the same crops)."""
 
     def __init__(self, crops: Sequence[tuple[GtBox, np.ndarray]], vectors: np.ndarray, version: str) -> None:
@@ -227,7 +228,7 @@ def calibrated_idf1(data_dir: Path, crops: Sequence[tuple[GtBox, np.ndarray]], v
                         split, crops=crops)
 
     calibration = {t: run("halves", t)["idf1"] for t in THRESHOLDS}
-    chosen = max(calibration, key=calibration.get)
+    chosen = max(calibration, key=calibration.__getitem__)
     scored, fixed = run("time", chosen), run("time", FIXED_THRESHOLD)
     product = score_tracks(Clip(virtual_cameras(load_gt(data_dir / "pets09-s2l1" / "gt_frames_0001-0400.txt")), list(crops)),
                            vectors, version, scratch_client, calibration=stored)

@@ -45,7 +45,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import redis
@@ -84,6 +84,13 @@ def _overlap(a: TrackletRecord, b: TrackletRecord) -> bool:
     return a.start <= b.end and b.start <= a.end
 
 
+def _global_id(rec: TrackletRecord) -> int:
+    """The identity of a decided tracklet (only decided tracklets are indexed, grouped and assigned)."""
+    if rec.global_id is None:
+        raise ValueError(f"tracklet {rec.key} has no global id yet")
+    return rec.global_id
+
+
 @dataclass
 class _Gallery:
     """One model version's tracklets and the index of its decided ones."""
@@ -104,7 +111,7 @@ class _Gallery:
 
     def put_decided(self, rec: TrackletRecord) -> None:
         self.index.add([rec.key], rec.feature[None])
-        self.members[rec.global_id].add(rec.key)
+        self.members[_global_id(rec)].add(rec.key)
         self.pending.discard(rec.key)
 
     def drop(self, key: str) -> None:
@@ -229,7 +236,9 @@ class CrossCameraMatcher:
                 touched[(emb.model_version, found[1].key)] = found
         names = {f"{r.camera_id}|{r.track_id}" for _, r in touched.values()}
         self.store.save_segments({k: self._segments[k] for k in names})
-        assignments, events, dirty = [], [], defaultdict(list)
+        assignments: list[Assignment] = []
+        events: list[dict[str, Any]] = []
+        dirty: defaultdict[str, list[TrackletRecord]] = defaultdict(list)
         for g, rec in touched.values():
             if g.version not in self._galleries:  # retired by a newer version within this batch
                 continue
@@ -253,11 +262,12 @@ class CrossCameraMatcher:
         return self._decide_pending(lambda rec: True)
 
     def _decide_pending(self, ready: Callable[[TrackletRecord], bool]) -> list[Assignment]:
-        assignments, events = [], []
+        assignments: list[Assignment] = []
+        events: list[dict[str, Any]] = []
         for g in list(self._galleries.values()):
             pending = [g.tracklets[k] for k in g.pending if ready(g.tracklets[k])]
             for rec in sorted(pending, key=lambda r: r.start):
-                assignments.append(self._refresh(g, rec, events, force=True))
+                assignments.append(self._settle(g, rec, events))
             self.store.save_tracklets(g.version, pending)
         self.store.emit(events, self.settings.events_maxlen)
         return assignments
@@ -307,19 +317,29 @@ class CrossCameraMatcher:
         return seg["key"]
 
     # -- decisions ------------------------------------------------------------------------------
-    def _refresh(self, g: _Gallery, rec: TrackletRecord, events: list[dict], force: bool = False) -> Assignment | None:
+    def _refresh(self, g: _Gallery, rec: TrackletRecord, events: list[dict[str, Any]]) -> Assignment | None:
+        """Re-index a decided tracklet; an undecided one carries its id over, or is decided at ``min_crops``."""
+        if rec.global_id is None and rec.count < self.settings.min_crops:
+            return self._carry_over(g, rec)
+        return self._settle(g, rec, events)
+
+    def _settle(self, g: _Gallery, rec: TrackletRecord, events: list[dict[str, Any]]) -> Assignment:
+        """:meth:`_refresh` whatever the crop count: every tracklet leaves with a global id."""
         if rec.global_id is not None:
             g.put_decided(rec)  # replaces the index entry with the improved feature
             self._enforce_cannot_link(g, rec, events)
             return self._assignment(g, rec, 1.0, False)
+        carried = self._carry_over(g, rec)
+        return carried if carried is not None else self._decide(g, rec, events)
+
+    def _carry_over(self, g: _Gallery, rec: TrackletRecord) -> Assignment | None:
+        """The id of a tracklet decided under another model version (same tracklet, same person), if any."""
         carried = self.store.global_id_of(rec.key)
-        if carried is not None:  # decided under another model version: same tracklet, same person
-            rec.global_id = carried
-            g.put_decided(rec)
-            return self._assignment(g, rec, 1.0, False)
-        if rec.count < self.settings.min_crops and not force:
+        if carried is None:
             return None
-        return self._decide(g, rec, events)
+        rec.global_id = carried
+        g.put_decided(rec)
+        return self._assignment(g, rec, 1.0, False)
 
     def _best_match(self, g: _Gallery, rec: TrackletRecord) -> tuple[TrackletRecord | None, float]:
         """The compatible gallery tracklet most similar to ``rec`` (and its cosine) that passes the
@@ -371,11 +391,11 @@ class CrossCameraMatcher:
     def _enforce_cannot_link(self, g: _Gallery, rec: TrackletRecord, events: list[dict]) -> None:
         """``rec`` grew into a time overlap with tracklets of its camera and identity: they are different
         people, so every such tracklet but the earliest-starting one leaves for a new identity."""
-        clash = [m for k in g.members[rec.global_id] if (m := g.tracklets.get(k)) is not None and m.key != rec.key
+        left = _global_id(rec)
+        clash = [m for k in g.members[left] if (m := g.tracklets.get(k)) is not None and m.key != rec.key
                  and m.camera_id == rec.camera_id and _overlap(m, rec)]
         if not clash:
             return
-        left = rec.global_id
         for leaver in sorted(clash + [rec], key=lambda r: (r.start, r.key))[1:]:
             g.members[left].discard(leaver.key)
             moved = self._new_identity(g, leaver, events, reason="cannot_link", left_global_id=left)
@@ -390,7 +410,7 @@ class CrossCameraMatcher:
             return False
         if other.camera_id != rec.camera_id and s.transitions and not self._transition_ok(other, rec):
             return False
-        for key in g.members[other.global_id]:
+        for key in g.members[_global_id(other)]:
             mate = g.tracklets.get(key)
             if mate is not None and mate.camera_id == rec.camera_id and _overlap(mate, rec):
                 return False
@@ -407,7 +427,7 @@ class CrossCameraMatcher:
 
     @staticmethod
     def _assignment(g: _Gallery, rec: TrackletRecord, score: float, is_new: bool) -> Assignment:
-        return Assignment(rec.camera_id, rec.track_id, rec.global_id, float(score), is_new, g.version)
+        return Assignment(rec.camera_id, rec.track_id, _global_id(rec), float(score), is_new, g.version)
 
     # -- maintenance ------------------------------------------------------------------------------
     def prune(self, now: float | None = None, max_age_s: float | None = None) -> int:

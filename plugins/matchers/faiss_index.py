@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,7 +57,7 @@ class FaissIndex:
     def __init__(self, settings: Settings | None = None, dim: int | None = None) -> None:
         self.settings = settings or self.Settings()
         self.dim = dim
-        self._index = None  # CPU source of truth
+        self._index: Any | None = None  # CPU source of truth, a faiss index (faiss ships no type stubs)
         self._gpu_index = None
         self._gpu_dirty = True
         self._trained_size = 0
@@ -82,13 +83,15 @@ class FaissIndex:
         faiss = _faiss()
         return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
 
-    def _ensure(self, dim: int) -> None:
+    def _ensure(self, dim: int) -> Any:
+        """The CPU index, created for ``dim``-d vectors on the first add."""
         if self.dim is None:
             self.dim = dim
         if dim != self.dim:
             raise ValueError(f"vectors have dimension {dim}, this index holds {self.dim}-d vectors")
         if self._index is None:
             self._index = self._new_flat()
+        return self._index
 
     # -- contract ----------------------------------------------------------------------------
     def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
@@ -98,21 +101,21 @@ class FaissIndex:
             return
         if len(set(keys)) != len(keys):
             raise ValueError("duplicate keys in one add()")
-        self._ensure(vectors.shape[1])
+        index = self._ensure(vectors.shape[1])
         self.remove([k for k in keys if k in self._ids])
         ids = np.arange(self._next_id, self._next_id + len(keys), dtype=np.int64)
         self._next_id += len(keys)
         for key, i in zip(keys, ids.tolist()):
             self._ids[key] = i
             self._keys[i] = key
-        self._index.add_with_ids(vectors, ids)
+        index.add_with_ids(vectors, ids)
         self._gpu_dirty = True
         self._maybe_rebuild()
 
     def remove(self, keys: Sequence[str]) -> None:
         """Drop ``keys``; unknown keys are ignored."""
         ids = [self._ids.pop(k) for k in keys if k in self._ids]
-        if not ids:
+        if not ids or self._index is None:  # no key is known before the first add
             return
         for i in ids:
             del self._keys[i]
@@ -136,6 +139,7 @@ class FaissIndex:
 
     # -- exact <-> IVF -------------------------------------------------------------------------
     def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self._index is not None  # only a built index is rebuilt (_maybe_rebuild)
         ids = np.fromiter(self._keys, np.int64, len(self._keys))
         return self._index.reconstruct_batch(ids), ids
 
