@@ -18,8 +18,8 @@ of correct decisions: the gate's rule (:func:`~selfreid.pipeline.training.gate.j
 tolerances) promoting each adapted candidate over the parent, against "its labelled number is not below
 the parent's". Goals (issue 14): Spearman >= 0.7 on each arm, decisions >= 0.8.
 
-Each candidate's embeddings (slice and labelled set) are cached under ``.selfreid/bench/G1/`` (not
-committed), so a rerun with other scores or tolerances needs no training: ``--fresh`` recomputes.
+Each candidate's embeddings (slice and labelled set) are cached under ``.selfreid/bench/G1/<arm>-<pool>/``
+(not committed), so a rerun with other scores or tolerances needs no training: ``--fresh`` recomputes.
 
 Run: ``.venv/bin/python -m benchmarks.gate_ranking [--arms vtest,conreid]``.
 """
@@ -77,8 +77,9 @@ class Arm:
     """One arm: its pool, its labelled images and how a candidate's labelled number is computed."""
 
     def __init__(self, name: str, pool: Pool, images: list[np.ndarray],
-                 labelled: Callable[[str, np.ndarray, PoolScores], dict[str, float]]) -> None:
+                 labelled: Callable[[str, np.ndarray, PoolScores], dict[str, float]], setting: str) -> None:
         self.name, self.pool, self.images, self.labelled = name, pool, images, labelled
+        self.cache = CACHE / f"{name}-{setting}"  # another pool is another set of candidates
 
 
 def vtest_arm(data: Path, service, client, oracle: bool, pool_crops: int | None = None) -> Arm:
@@ -92,7 +93,7 @@ def vtest_arm(data: Path, service, client, oracle: bool, pool_crops: int | None 
                 **({"oracle_idf1": out["oracle_idf1"]} if oracle else {})}
 
     pool = vtest_pool(data / "pets09-s2l1", pool_crops or service.snapshot_crops, service.holdout_fraction, seed=0)
-    return Arm("vtest", pool, [c for _, c in clip.crops], labelled)
+    return Arm("vtest", pool, [c for _, c in clip.crops], labelled, f"crops{len(pool.images)}-h{service.holdout_fraction:g}")
 
 
 def conreid_arm(data: Path, holdout_fraction: float, ids: int) -> Arm:
@@ -106,7 +107,8 @@ def conreid_arm(data: Path, holdout_fraction: float, ids: int) -> Arm:
         metrics = heldout_metrics(fq, fg, query, gallery)
         return {"label": metrics["mAP"], "mAP": metrics["mAP"], "rank1": metrics["rank1"]}
 
-    return Arm("conreid", conreid_pool(root, holdout_fraction, ids), read_images(query) + read_images(gallery), labelled)
+    return Arm("conreid", conreid_pool(root, holdout_fraction, ids), read_images(query) + read_images(gallery), labelled,
+               f"ids{ids}-h{holdout_fraction:g}")
 
 
 def _embed(model: torch.nn.Module, arm: Arm, name: str, tmp: Path) -> dict[str, np.ndarray]:
@@ -124,7 +126,7 @@ def build_features(arm: Arm, args, tmp: Path) -> dict[str, dict[str, np.ndarray]
     """Every candidate's embeddings, from the cache or by training (one run per mode)."""
     from selfreid.reid_model.interpolation import interpolate_state
 
-    folder = CACHE / arm.name
+    folder = arm.cache
     names = candidate_names(args.modes, args.keep_epochs, args.alphas)
     cached = {n: folder / f"{n}.npz" for n in names}
     if not args.fresh and all(p.is_file() for p in cached.values()):

@@ -14,7 +14,7 @@ import typer
 
 from selfreid.pipeline.cli.common import ConfigOption, console, fail, load_or_fail
 
-__all__ = ["eval_tracks_command", "parse_frames"]
+__all__ = ["eval_tracks_command", "parse_frames", "resolve_model"]
 
 
 def parse_frames(text: str) -> tuple[int, int]:
@@ -42,6 +42,21 @@ def _matcher_settings(config: Path | None):
         fail(f"{config}: matcher.matcher.params: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
 
 
+def resolve_model(text: str, config: Path | None) -> Path:
+    """``--model``: an ONNX file, or a version of the site's registry (``2``, ``v2``) under ``--config``."""
+    from selfreid.pipeline.training.registry import RegistryError, open_registry
+
+    path = Path(text)
+    if path.is_file():
+        return path
+    if path.suffix.lower() == ".onnx" or "/" in text:
+        fail(f"--model {text}: no such ONNX file")
+    try:
+        return Path(open_registry(load_or_fail(config), None).get(text).onnx)
+    except RegistryError as exc:
+        fail(f"--model {text}: neither an ONNX file nor a registered version ({exc})")
+
+
 def _print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -60,7 +75,9 @@ def _print_table(result: dict[str, Any]) -> None:
 
 
 def eval_tracks_command(
-    model: Annotated[Path, typer.Option("--model", help="Exported model (.onnx); its stored calibration is used.")],
+    model: Annotated[str, typer.Option("--model", help="A registered version of the site (2, v2; the registry "
+                                                       "of --config) or an exported .onnx file; its stored "
+                                                       "calibration is used.")],
     gt: Annotated[Path, typer.Option("--gt", help="MOT-format ground truth: frame,id,x,y,w,h,considered,...")],
     video: Annotated[Path, typer.Option("--video", help="The video the ground truth labels (frame 1 = first frame).")],
     frames: Annotated[str | None, typer.Option("--frames", help="FIRST-LAST frames to score, e.g. 1-400; "
@@ -84,6 +101,7 @@ def eval_tracks_command(
 
     from selfreid.pipeline.evaluation.tracks import TracksError, evaluate_tracks
 
+    onnx = resolve_model(model, config)
     settings = _matcher_settings(config)
     span = parse_frames(frames) if frames is not None else None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -96,7 +114,7 @@ def eval_tracks_command(
             progress.update(tasks[step], completed=done, total=total)
 
         try:
-            result = evaluate_tracks(model, gt, video, frames=span, split=split, every_k=every_k, fps=fps,
+            result = evaluate_tracks(onnx, gt, video, frames=span, split=split, every_k=every_k, fps=fps,
                                      settings=settings, progress=advance)
         except TracksError as exc:
             fail(str(exc))

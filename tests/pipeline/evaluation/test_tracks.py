@@ -88,3 +88,25 @@ def test_cli_mistakes_are_one_line_errors(onnx_model, shared_data, extra, messag
 def test_load_clip_names_a_missing_file(tmp_path, shared_data):
     with pytest.raises(TracksError, match="no such file"):
         load_clip(tmp_path / "gt.txt", shared_data / "pets09-s2l1" / "vtest.avi")
+
+
+def test_model_is_a_registered_version_or_an_onnx_file(onnx_model, tmp_path, monkeypatch):
+    """``--model 2`` names a version of the site's registry; a path must be an existing ONNX file."""
+    import shutil
+
+    from selfreid.pipeline.cli.evaluate import resolve_model
+    from selfreid.pipeline.training.registry import MANIFEST, MANIFEST_FORMAT
+
+    monkeypatch.setenv("SELFREID_DATA_DIR", str(tmp_path / "site"))
+    folder = tmp_path / "site" / "models" / "v0002"
+    folder.mkdir(parents=True)
+    shutil.copy(onnx_model, folder / "model.onnx")
+    size = (folder / "model.onnx").stat().st_size
+    (folder / MANIFEST).write_text(json.dumps({"format": MANIFEST_FORMAT, "version": "2",
+                                               "files": {"model.onnx": {"size": size}}}))
+    assert resolve_model("v2", None) == folder / "model.onnx"
+    assert resolve_model(str(onnx_model), None) == onnx_model
+    with pytest.raises(typer.Exit):
+        resolve_model(str(tmp_path / "missing.onnx"), None)
+    with pytest.raises(typer.Exit):
+        resolve_model("7", None)
