@@ -468,7 +468,12 @@ class TrainResult:
 
 @runtime_checkable
 class Trainer(Protocol):
-    """Adapts a model on unlabelled crops (``group`` keys such as camera/track are optional)."""
+    """Adapts a model on unlabelled crops.
+
+    ``groups`` (optional) are per-crop tracklet keys (camera and tracker id) and ``times`` (optional)
+    per-crop timestamps in seconds (media time for recordings, capture time for live cameras): the
+    site mode uses them for same-tracklet positives and co-occurring (cannot-link) negatives.
+    """
 
     def fit(
         self,
@@ -477,4 +482,5 @@ class Trainer(Protocol):
         groups: Sequence[str] | None,
         init_checkpoint: str | None,
         out_dir: str,
+        times: Sequence[float] | None = None,
     ) -> TrainResult: ...

@@ -134,8 +134,8 @@ class GateDecision:
 
     passed: bool
     reason: str
-    candidate: dict[str, float] = field(default_factory=dict)
-    baseline: dict[str, float] = field(default_factory=dict)
+    candidate: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, int] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     baseline_calibration: dict[str, Any] | None = None
@@ -208,7 +208,7 @@ class PoolScores:
     per-item values behind each score (aligned across models measured on the same slice), and the
     calibration fitted on the slice (None when it has too few pairs)."""
 
-    values: dict[str, float]
+    values: dict[str, Any]  # floats, and the name of the score the gate used (``score_name``)
     items: dict[str, np.ndarray]
     positives: np.ndarray
     negatives: np.ndarray
@@ -333,7 +333,7 @@ def _delta(cand: PoolScores, base: PoolScores, name: str) -> tuple[float, float]
     return paired_delta(cand.items[name], base.items[name])
 
 
-def _compare(cand: dict[str, float], base: dict[str, float], cfg: GateConfig) -> str | None:
+def _compare(cand: dict[str, Any], base: dict[str, Any], cfg: GateConfig) -> str | None:
     """The first reason to reject, or None. ``cand`` carries ``score``, ``score_name``,
     ``score_delta`` and ``score_delta_se`` when a baseline was measured."""
     if cand["mean_cosine"] > cfg.max_mean_cosine:
@@ -396,14 +396,14 @@ def run_gate(candidate_onnx: str | Path, baseline_onnx: str | Path | None, holdo
     base = _measure(Path(baseline_onnx), holdout, cfg) if baseline_onnx else None
     reason, name = judge(cand, base, cfg, broken_baseline=bool(baseline_onnx) and base is None)
     base_values = base.values if base is not None else {}
-    calibrations = {"calibration": cand.calibration.to_dict() if cand.calibration else None,
-                    "baseline_calibration": base.calibration.to_dict() if base is not None and base.calibration else None}
+    calibrations = (cand.calibration.to_dict() if cand.calibration else None,
+                    base.calibration.to_dict() if base is not None and base.calibration else None)
     if reason:
-        return GateDecision(False, reason, cand.values, base_values, asdict(evidence), **calibrations)
+        return GateDecision(False, reason, cand.values, base_values, asdict(evidence), *calibrations)
     verdict = f"{name} {cand.values['score']:.4f}" + (
         f" vs production {base_values['score']:.4f} (paired change {cand.values['score_delta']:+.4f} "
         f"+- {cand.values['score_delta_se']:.4f})" if base_values else " (no production model)")
-    return GateDecision(True, f"passed: {verdict}", cand.values, base_values, asdict(evidence), **calibrations)
+    return GateDecision(True, f"passed: {verdict}", cand.values, base_values, asdict(evidence), *calibrations)
 
 
 def calibration_rows(decision: dict[str, Any]) -> list[dict[str, Any]]:

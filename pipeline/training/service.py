@@ -47,6 +47,7 @@ import redis
 
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.runtime.pool import open_pool
+from selfreid.pipeline.runtime.redis_conn import connect
 from selfreid.pipeline.runtime.signals import StopFlag
 from selfreid.pipeline.runtime.status import publish_status
 from selfreid.pipeline.training.gate import Holdout, nonfinite_parameters, run_gate
@@ -59,7 +60,6 @@ from selfreid.reid_model.export import ExportError, atomic_write_bytes, embed_on
 from selfreid.reid_model.interpolation import conservative_update
 from selfreid.reid_model.trainer import LAST, SCLTrainer
 from selfreid.reid_model.trainer import LOG as TRAIN_LOG
-from selfreid.pipeline.runtime.redis_conn import connect
 
 __all__ = ["CycleReport", "Cycle", "Triggers", "run_train_service", "decode_crops"]
 

@@ -7,8 +7,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conreid_tracks import conreid_tracks
 
+from conreid_tracks import conreid_tracks
 from selfreid.pipeline.config.service import GateConfig
 from selfreid.pipeline.training.gate import (
     Holdout,
