@@ -73,7 +73,7 @@ def read_market(folder: str | Path) -> list[MarketItem]:
     return items
 
 
-class CropDataset(torch.utils.data.Dataset):
+class CropDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
     """Base class: subclasses implement :meth:`image` (an RGB PIL image)."""
 
     def __init__(

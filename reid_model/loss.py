@@ -89,5 +89,5 @@ def scl_loss(
         floor = -cfg.temperature_scale * feats.detach().norm(dim=-1)
         log_den = debiased_log_denominator(logits, selection.positives, selection.window_start, hidden, floor)
     w = positive_weights(selection.positives, cfg.lambda_t, cfg.alpha)
-    local, glob = weighted_cross_entropy(logits, w, log_den)
-    return cfg.lambda_p * local + (1 - cfg.lambda_p) * glob
+    local_global = weighted_cross_entropy(logits, w, log_den)  # [2]
+    return cfg.lambda_p * local_global[0] + (1 - cfg.lambda_p) * local_global[1]

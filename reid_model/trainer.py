@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -50,6 +51,8 @@ LAST = "last.pt"
 LOG = "train_log.jsonl"
 CURVE_POINTS = 50  # loss points logged per epoch
 
+_T = TypeVar("_T")
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU."""
@@ -66,7 +69,7 @@ class FitResult:
     epochs: int
     finished: bool
     metrics: dict[str, float] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
@@ -99,7 +102,7 @@ class SCLTrainer:
         self,
         cfg: TrainConfig,
         progress: bool = True,
-        after_epoch: Callable[[SCLTrainer, dict], None] | None = None,
+        after_epoch: Callable[[SCLTrainer, dict[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.progress = progress
@@ -161,7 +164,13 @@ class SCLTrainer:
             return structure.to(self.device), 0.0, round(hidden)
         return structure.to(self.device), hidden, 0
 
-    def _autocast(self):
+    def _built(self) -> tuple[ReIDModel, MemoryBanks]:
+        """The model and banks that :meth:`fit` builds (``_setup``) before any step."""
+        if self.model is None or self.banks is None:
+            raise RuntimeError("SCLTrainer: the model and banks are built by fit(); none yet")
+        return self.model, self.banks
+
+    def _autocast(self) -> AbstractContextManager[object]:
         if self.cuda and self.cfg.amp:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
@@ -169,6 +178,11 @@ class SCLTrainer:
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.cuda and self.cfg.channels_last else x
+
+    def _forward(self, model: ReIDModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global and local embeddings of a batch (under autocast on CUDA with ``amp``)."""
+        with self._autocast():
+            return cast(tuple[torch.Tensor, torch.Tensor], model(self._to_device(x)))  # Module.__call__ is Any
 
     def _batches(self, dataset: CropDataset, epoch: int) -> list[torch.Tensor]:
         """The epoch's batches of slot indices (a trailing batch of one is dropped: BatchNorm needs two)."""
@@ -182,7 +196,9 @@ class SCLTrainer:
         batches = list(torch.split(order, self.cfg.batch_size))
         return [b for b in batches if len(b) > 1]
 
-    def _loader(self, dataset: CropDataset, batches: list[torch.Tensor], epoch: int, augment: bool):
+    def _loader(
+        self, dataset: CropDataset, batches: list[torch.Tensor], epoch: int, augment: bool
+    ) -> torch.utils.data.DataLoader[tuple[torch.Tensor, int]]:
         dataset.transform = build_transform(self.spec, self.cfg.augment if augment else None)
         torch.manual_seed(self.cfg.seed * 7919 + epoch)  # augmentations in the main process
         return torch.utils.data.DataLoader(
@@ -200,7 +216,8 @@ class SCLTrainer:
         """Fill G and L with one pass. 'seed': train mode (BN batch statistics, running stats updated)
         over flipped, shuffled training batches, as the seed; 'eval': eval mode, test transform."""
         seed_mode = self.cfg.scl.bank_init == "seed"
-        self.model.train(seed_mode)
+        model, banks = self._built()
+        model.train(seed_mode)
         # Every slot exactly once (no camera balancing here); a trailing single crop joins the last batch.
         order = (
             torch.randperm(len(dataset), generator=_epoch_generator(self.cfg.seed, -1, 1))
@@ -211,48 +228,48 @@ class SCLTrainer:
         if len(batches) > 1 and len(batches[-1]) == 1:
             batches[-2:] = [torch.cat(batches[-2:])]
         for x, idx in self._track(self._loader(dataset, batches, -1, augment=seed_mode), "init banks"):
-            with self._autocast():
-                g, l = self.model(self._to_device(x))
-            self.banks.fill(idx.to(self.device), g, l)
-        self.model.train()
+            g, l = self._forward(model, x)
+            banks.fill(idx.to(self.device), g, l)
+        model.train()
 
     # ---------------------------------------------------------------- steps
     def select(self, g: torch.Tensor, l: torch.Tensor, idx: torch.Tensor, epoch: int) -> Selection:
         """Positives/negatives for one batch (warm-up during the first ``warmup_epochs`` epochs)."""
         s = self.cfg.scl
+        _, banks = self._built()
         if epoch < s.warmup_epochs:
             return select_warmup(
-                idx, len(self.banks), self.P, self.K, self.select_gen, s.reproduce_warmup_self_negative_bug
+                idx, len(banks), self.P, self.K, self.select_gen, s.reproduce_warmup_self_negative_bug
             )
         dist = pairwise_distance(
             g.detach(),
             l.detach(),
-            self.banks.G,
-            self.banks.L,
+            banks.G,
+            banks.L,
             s.lambda_g,
             s.lambda_c,
             self.cams[idx],
             self.cams,
         )
         if self.structure is not None:
-            constraints = self.structure.constraints(idx)
+            site = self.structure.constraints(idx)
             guaranteed = self.cfg.site.cannot_link_negatives
-            return select_neighbours(dist, idx, self.P, self.K, constraints, guaranteed, self.skip)
+            return select_neighbours(dist, idx, self.P, self.K, site, guaranteed, self.skip)
         constraints = group_constraints(self.groups, idx) if self.groups is not None else None
         return select_neighbours(dist, idx, self.P, self.K, constraints)
 
     def step(self, x: torch.Tensor, idx: torch.Tensor, epoch: int) -> tuple[float, Selection]:
         """One optimisation step; returns the loss and the selection used."""
         idx = idx.to(self.device)
-        with self._autocast():
-            g, l = self.model(self._to_device(x))
+        model, banks = self._built()
+        g, l = self._forward(model, x)
         selection = self.select(g, l, idx, epoch)
-        loss = scl_loss(g, l, self.banks.M, selection, self.cfg.scl, self.hidden)
+        loss = scl_loss(g, l, banks.M, selection, self.cfg.scl, self.hidden)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         self.optimizer.step()
-        self.banks.update_features(idx, g, l)
-        self.banks.update_mixture(selection.positive_index, l.flatten(1), g)
+        banks.update_features(idx, g, l)
+        banks.update_mixture(selection.positive_index, l.flatten(1), g)
         return float(loss.detach()), selection
 
     # ---------------------------------------------------------------- loop
@@ -278,7 +295,7 @@ class SCLTrainer:
             self.init_banks(dataset)
         labels = monitor_labels.to(self.device) if monitor_labels is not None else None
         started = time.monotonic()
-        history: list[dict] = []
+        history: list[dict[str, Any]] = []
         epoch, finished = start_epoch, True
         for epoch in range(start_epoch, self.cfg.epochs):
             record, stopped_at = self._run_epoch(
@@ -301,7 +318,7 @@ class SCLTrainer:
 
     def _run_epoch(
         self, dataset: CropDataset, epoch: int, skip: int, labels: torch.Tensor | None, started: float
-    ) -> tuple[dict, int | None]:
+    ) -> tuple[dict[str, Any], int | None]:
         batches = self._batches(dataset, epoch)
         loader = self._loader(dataset, batches, epoch, augment=True)
         t0 = time.monotonic()
@@ -317,7 +334,7 @@ class SCLTrainer:
             if labels is not None and selection.positives:
                 pos = selection.index[:, 1 : 1 + selection.positives]
                 precisions.append(float((labels[pos] == labels[selection.index[:, :1]]).float().mean()))
-        record = {
+        record: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": float(torch.tensor(losses).mean()) if losses else float("nan"),
             "warmup": epoch < self.cfg.scl.warmup_epochs,
@@ -333,7 +350,7 @@ class SCLTrainer:
             record["neighbour_precision"] = float(torch.tensor(precisions).mean())
         return record, None
 
-    def _track(self, iterable, description: str):
+    def _track(self, iterable: Iterable[_T], description: str) -> Iterator[_T]:
         if not self.progress:
             yield from iterable
             return
@@ -344,18 +361,19 @@ class SCLTrainer:
             yield from bar.track(iterable, description=description)
 
     # ---------------------------------------------------------------- checkpoints
-    def _save(self, path: Path, epoch: int, step: int, metrics: dict | None = None) -> None:
+    def _save(self, path: Path, epoch: int, step: int, metrics: dict[str, float] | None = None) -> None:
+        model, banks = self._built()
         rng = {"torch": torch.get_rng_state(), "select": self.select_gen.get_state()}
         if self.cuda:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         save_checkpoint(
             path,
-            self.model,
+            model,
             self.cfg,
             epoch,
             metrics,
             optimizer=self.optimizer.state_dict(),
-            banks=self.banks.state_dict(),
+            banks=banks.state_dict(),
             rng=rng,
             step=step,
         )
@@ -365,9 +383,10 @@ class SCLTrainer:
         saved = json.loads(state["train_config"])
         if saved["model"] != json.loads(self.cfg.model.model_dump_json()):
             raise ValueError(f"{path}: trained with another model config; resume needs the same one")
-        self.model.load_state_dict(state["model"])
+        model, banks = self._built()
+        model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.banks.load_state_dict(state["banks"])
+        banks.load_state_dict(state["banks"])
         torch.set_rng_state(state["rng"]["torch"])
         self.select_gen.set_state(state["rng"]["select"])
         if self.cuda and "cuda" in state["rng"]:

@@ -113,7 +113,7 @@ class Snapshot:
     def save(self, path: Path) -> None:
         offsets = np.cumsum([0] + [len(j) for j in self.jpegs])
         buffer = io.BytesIO()
-        np.savez(buffer, data=np.frombuffer(b"".join(self.jpegs), np.uint8), offsets=offsets,
+        np.savez(buffer, allow_pickle=False, data=np.frombuffer(b"".join(self.jpegs), np.uint8), offsets=offsets,
                  cams=np.array(self.camera_ids, dtype=str), tracks=np.array(self.track_ids, np.int64),
                  holdout=self.holdout, **({"times": np.array(self.times, np.float64)} if self.times is not None else {}))
         atomic_write_bytes(path, buffer.getvalue())
@@ -127,7 +127,13 @@ class Snapshot:
             return cls(jpegs, f["cams"].tolist(), f["tracks"].tolist(), f["holdout"].astype(bool), times)
 
     def images(self) -> list[np.ndarray]:
-        return [decode_jpeg(j) for j in self.jpegs]
+        images = []
+        for i, jpeg in enumerate(self.jpegs):
+            image = decode_jpeg(jpeg)
+            if image is None:  # every crop decoded when the snapshot was taken
+                raise ValueError(f"snapshot crop {i} no longer decodes")
+            images.append(image)
+        return images
 
 
 def holdout_mask(groups: list[str], fraction: float, seed: int) -> np.ndarray:
@@ -138,7 +144,8 @@ def holdout_mask(groups: list[str], fraction: float, seed: int) -> np.ndarray:
     eligible = np.flatnonzero(sizes >= 2)
     rng = np.random.default_rng(seed)
     rng.shuffle(eligible)
-    chosen, total = [], 0
+    chosen: list[np.intp] = []
+    total = 0
     for g in eligible:
         if total >= fraction * len(groups) and len(chosen) >= 2:
             break
@@ -268,8 +275,8 @@ class Cycle:
         snap, images = self._snapshot_data()
         train = np.flatnonzero(~snap.holdout)
         cams = sorted(set(snap.camera_ids))
-        pick = lambda values: [values[i] for i in train] if values is not None else None  # noqa: E731
-        train_images, groups, times = pick(images), pick(snap.groups), pick(snap.times)
+        train_images, groups = [images[i] for i in train], [snap.groups[i] for i in train]
+        times = [snap.times[i] for i in train] if snap.times is not None else None
         camera_codes = [cams.index(snap.camera_ids[i]) for i in train]
         dataset = ArrayCropDataset(train_images, camera_codes, groups, times)
         out_dir = self.dir / "train"
@@ -290,8 +297,9 @@ class Cycle:
             dataset, out_dir, init_checkpoint=init, resume=True)
         self.report.checkpoint, self.report.epochs = str(result.checkpoint), result.epochs
         self.report.train_loss = result.metrics.get("loss")
-        choice = conservative_update(result.checkpoint, cfg, init, train_images, groups, camera_codes, times)
-        if choice is not None:
+        cameras = [str(c) for c in camera_codes]
+        choice = conservative_update(result.checkpoint, cfg, init, train_images, groups, cameras, times)
+        if choice is not None and choice.checkpoint is not None:
             self.report.checkpoint = str(choice.checkpoint)
             scores = {str(a): v if np.isfinite(v) else None for a, v in choice.scores.items()}
             self.report.interpolation = {"alpha": choice.alpha, "separation": scores}
@@ -424,7 +432,7 @@ class Triggers:
             return None
         moved = drift(ref["means"], means)
         self.state["drift"] = moved
-        worst = max(moved, key=moved.get, default=None)
+        worst = max(moved, key=lambda cam: moved[cam], default=None)
         if worst is not None and moved[worst] > svc.drift_threshold:
             return f"drift: camera {worst} mean embedding moved {moved[worst]:.3f} > {svc.drift_threshold}"
         return None

@@ -57,7 +57,8 @@ class SelectiveContrastiveTrainer:
         result = trainer.fit(dataset, out_dir, init_checkpoint=init_checkpoint, resume=self.settings.resume)
         metrics = {**result.metrics, "finished": float(result.finished), "crops": float(len(dataset))}
         checkpoint = result.checkpoint
-        choice = conservative_update(checkpoint, cfg, init_checkpoint, images, groups, camera_ids, times)
-        if choice is not None:
+        cameras = [str(c) for c in camera_ids]
+        choice = conservative_update(checkpoint, cfg, init_checkpoint, images, groups, cameras, times)
+        if choice is not None and choice.checkpoint is not None:
             checkpoint, metrics["interpolation_alpha"] = choice.checkpoint, choice.alpha
         return TrainResult(checkpoint=str(checkpoint), epochs=result.epochs, metrics=metrics)

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from conreid_tracks import as_pool_crops, conreid_tracks
-from selfreid.pipeline.training import service as train_service
 from selfreid.pipeline.config import AppConfig
-from selfreid.pipeline.training.registry import ModelRegistry, production_key, promoted_channel, slim_checkpoint
 from selfreid.pipeline.runtime.pool import open_pool
 from selfreid.pipeline.runtime.status import read_status
+from selfreid.pipeline.training import service as train_service
+from selfreid.pipeline.training.registry import ModelRegistry, production_key, promoted_channel, slim_checkpoint
 from selfreid.reid_model.checkpoint import read_checkpoint, save_checkpoint
 from selfreid.reid_model.config import ModelConfig, TrainConfig
 from selfreid.reid_model.export import export_bundle, read_metadata
