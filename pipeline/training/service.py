@@ -54,6 +54,7 @@ from selfreid.pipeline.training.gate import Holdout, nonfinite_parameters, run_g
 from selfreid.pipeline.training.registry import ModelRegistry, open_registry, slim_checkpoint
 from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.contracts import Crop, PoolStore
+from selfreid.reid_model.calibration import AssociationCalibration
 from selfreid.reid_model.checkpoint import load_model, read_checkpoint
 from selfreid.reid_model.data import ArrayCropDataset
 from selfreid.reid_model.export import ExportError, atomic_write_bytes, embed_onnx, export_bundle
@@ -330,11 +331,15 @@ class Cycle:
     def _gate(self):
         snap, images = self._snapshot_data()
         held = np.flatnonzero(snap.holdout)
-        holdout = Holdout([images[i] for i in held], [snap.camera_ids[i] for i in held], [snap.groups[i] for i in held])
+        holdout = Holdout([images[i] for i in held], [snap.camera_ids[i] for i in held], [snap.groups[i] for i in held],
+                          [snap.times[i] for i in held] if snap.times is not None else None)
         production = self.registry.production()
         decision = run_gate(self.dir / "export" / "model.onnx", production.onnx if production else None, holdout,
                             self.cfg.service.gate, candidate_model=self._load_candidate())
         self.report.gate = decision.as_dict()
+        if production is not None and production.calibration is None and decision.baseline_calibration:
+            # version 1 of a site whose pool was empty at start: its first calibration, measured by this gate
+            self.registry.calibrate(production.version, AssociationCalibration.from_dict(decision.baseline_calibration))
         return None
 
     def _register(self):
@@ -349,7 +354,8 @@ class Cycle:
         state = read_checkpoint(self.report.checkpoint)  # its train config: the model may be the parent's
         self.registry.register(files, embedding_dim=int(state["embedding_dim"]), parent=self.report.parent,
                                version=self.report.version, config=json.loads(state["train_config"]), metrics=metrics,
-                               gate={"passed": self.report.gate["passed"], "reason": self.report.gate["reason"]})
+                               gate={k: self.report.gate.get(k) for k in ("passed", "reason", "verdict", "evidence")},
+                               calibration=self.report.gate.get("calibration"))
         return self._gate_outcome()
 
     def _history(self) -> list[dict[str, Any]]:
