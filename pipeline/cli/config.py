@@ -24,6 +24,11 @@ def config_show(config: ConfigOption = None) -> None:
 
     cfg = load_or_fail(config, data_dir=False)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    pinned = cfg.matcher.matcher.params.get("threshold")
+    association = (f"pinned by matcher.matcher.params.threshold = {pinned}: it wins over every model version's "
+                   "calibration" if pinned is not None else
+                   "each model version's label-free calibration (selfreid models list shows it)")
+    typer.echo(f"# cross-camera association threshold: {association}")
 
 
 @config_app.command("check")

@@ -14,11 +14,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from selfreid.pipeline.cli.common import ConfigOption, console, fail, load_or_fail
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from selfreid.pipeline.config import AppConfig
+    from selfreid.pipeline.training.registry import ModelRegistry, ModelVersion
 
 __all__ = ["models_app", "train_service_command"]
 
@@ -41,7 +47,7 @@ def train_service_command(
     from selfreid.pipeline.training.service import run_train_service
     from selfreid.plugins.registry import PluginError
 
-    cfg = load_or_fail(config)
+    cfg = load_or_fail(config, data_dir=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     with redis_endpoint(cfg) as url, stop_on_signals(stop):
@@ -55,16 +61,16 @@ def train_service_command(
 
 
 @contextmanager
-def _registry(config: Path | None) -> Iterator[tuple[object, object]]:
-    """``(cfg, registry)`` on the site's Redis (embedded when no URL); registry errors are one line."""
-
+def _registry(config: Path | None) -> Iterator[tuple[AppConfig, ModelRegistry]]:
+    """``(cfg, registry)`` on the site's Redis (embedded when no URL); registry errors are one line.
+    The registry writes under ``data_dir`` even with an external Redis, so it is made sure of."""
     from selfreid.pipeline.runtime.redis_conn import connect, redis_endpoint
     from selfreid.pipeline.training.registry import RegistryError, open_registry
     from selfreid.reid_model.checkpoint import CheckpointError
     from selfreid.reid_model.export import ExportError
     from selfreid.reid_model.weights import WeightsError
 
-    cfg = load_or_fail(config)
+    cfg = load_or_fail(config, data_dir=True)
     with redis_endpoint(cfg) as url:
         client = connect(url)
         try:
@@ -75,8 +81,7 @@ def _registry(config: Path | None) -> Iterator[tuple[object, object]]:
             client.close()
 
 
-def _announce(version, action: str) -> None:
-
+def _announce(version: ModelVersion, action: str) -> None:
     console.print(f"[green]{action}[/] version {version.version} ({version.onnx})", highlight=False)
 
 
@@ -84,14 +89,20 @@ def _announce(version, action: str) -> None:
 def list_command(config: ConfigOption = None) -> None:
     """Every registered version with its status, parent, parity, association calibration (the match
     threshold fitted label-free on the pool, and d', how well it separates same-tracklet halves from
-    co-occurring tracklets) and gate verdict."""
+    co-occurring tracklets) and gate verdict, after one sentence on which version serves and how
+    complete its gallery is (the report header says the same)."""
     from rich.console import Console
     from rich.table import Table
 
-    with _registry(config) as (_, registry):
-        versions = registry.versions()
-    if not versions:
+    from selfreid.pipeline.serving.backfill import serving_statement
 
+    with _registry(config) as (cfg, registry):
+        versions = registry.versions()
+        prod = registry.production()
+        if registry.client is not None:
+            console.print(serving_statement(registry.client, cfg.pool.prefix, prod.version if prod else None),
+                          highlight=False)
+    if not versions:
         console.print(f"no model in {registry.root} yet: `selfreid models init` serves the pretrained backbone as version 1")
         return
     table = Table(title=f"models in {registry.root}")
@@ -128,7 +139,7 @@ def rollback_command(config: ConfigOption = None) -> None:
         _announce(registry.rollback(), "rolled back to")
 
 
-def _parity_crops(cfg, registry, folder: Path | None, count: int) -> list:
+def _parity_crops(cfg: AppConfig, registry: ModelRegistry, folder: Path | None, count: int) -> list[np.ndarray]:
     """Images for the parity check (see :func:`~selfreid.pipeline.training.bootstrap.parity_images`)."""
     from selfreid.pipeline.training.bootstrap import parity_images
 

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from selfreid.pipeline.config.base import Section
 
-__all__ = ["GateConfig", "TrainServiceConfig", "ExportConfig", "RegistryConfig"]
+__all__ = ["GateConfig", "TrainServiceConfig", "ExportConfig", "BackfillConfig", "RegistryConfig"]
 
 
 class GateConfig(Section):
@@ -95,5 +95,17 @@ class ExportConfig(Section):
     )
 
 
+class BackfillConfig(Section):
+    """How much of the retained pool a promotion re-embeds before the switch (docs/backfill.md)."""
+
+    enabled: bool = Field(True, description="Rebuild a promoted version's gallery from the pool before it serves.")
+    max_crops: int = Field(100_000, ge=0, description="Newest retained crops re-embedded at most (bounds the work).")
+    batch_size: int = Field(64, ge=1, description="Crops per embedding batch (one transaction each).")
+    max_s: float = Field(
+        600.0, gt=0, description="The switch happens after this long even if the backfill is not done."
+    )
+
+
 class RegistryConfig(Section):
     directory: str = Field("models", description="Versioned model folders, relative to data_dir.")
+    backfill: BackfillConfig = BackfillConfig()

@@ -77,9 +77,16 @@ def _embed(embedder, images: Sequence[np.ndarray], step: str, progress: Progress
 
 
 def read_images(items: Sequence[MarketItem]) -> list[np.ndarray]:
+    """The items' BGR images; an unreadable file is an error here rather than a crash in the embedder."""
     import cv2
 
-    return [cv2.imread(str(it.path)) for it in items]
+    images: list[np.ndarray] = []
+    for it in items:
+        image = cv2.imread(str(it.path))
+        if image is None:
+            raise FileNotFoundError(f"{it.path}: not a readable image")
+        images.append(image)
+    return images
 
 
 def _conreid(models: dict[str, Any], root: Path, progress: Progress) -> dict[str, Any]:

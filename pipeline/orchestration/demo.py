@@ -21,10 +21,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selfreid.pipeline.config import AppConfig
 from selfreid.pipeline.report.site import EVALUATION_FILE
+
+if TYPE_CHECKING:
+    from selfreid.pipeline.training.registry import ModelVersion
 
 __all__ = ["DEMO_STAGES", "GPU_BUDGET", "DemoError", "DemoOptions", "fit_to_available_data", "fit_to_device", "run_demo"]
 
@@ -100,14 +103,14 @@ def fit_to_device(cfg: AppConfig, console) -> AppConfig:
     return cfg.model_copy(update={"service": service.model_copy(update=bigger)})
 
 
-def trained_pair(cfg: AppConfig, client) -> tuple[Any, Any] | None:
+def trained_pair(cfg: AppConfig, client) -> tuple[ModelVersion, ModelVersion] | None:
     """(parent, newest trained version) of the registry, or None when no cycle registered a version."""
     from selfreid.pipeline.training.registry import ModelRegistry
 
     registry = ModelRegistry(cfg.path(cfg.registry.directory), client, cfg.pool.prefix)
     versions = {v.version: v for v in registry.versions()}
-    trained = [v for v in versions.values() if v.parent in versions]
-    return (versions[trained[-1].parent], trained[-1]) if trained else None
+    pairs = [(versions[parent], v) for v in versions.values() if (parent := v.parent) is not None and parent in versions]
+    return pairs[-1] if pairs else None
 
 
 def evaluate_adaptation(cfg: AppConfig, client, console) -> dict[str, Any] | None:

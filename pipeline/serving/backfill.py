@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import redis
-from pydantic import BaseModel, ConfigDict, Field
 from redis.typing import EncodableT, FieldT
 
 from selfreid.pipeline.config import AppConfig
+from selfreid.pipeline.config.service import BackfillConfig
 from selfreid.pipeline.runtime.pool import open_pool
 from selfreid.pipeline.runtime.status import publish_status
 from selfreid.pipeline.serving.embed import GROUP as LIVE_GROUP  # the live embedder's consumer group on the pool
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from selfreid.pipeline.training.registry import ModelVersion
 
 __all__ = [
-    "BackfillSettings", "BackfillProgress", "Backfill", "backfill_key", "backfill_progress", "run_backfill",
+    "BackfillProgress", "Backfill", "backfill_key", "backfill_progress", "run_backfill",
     "backfill_hook", "serving_statement",
 ]
 
@@ -71,17 +71,6 @@ EPS_S = 1e-3  # tracklet spans are compared with millisecond slack (keys carry w
 
 Entries = list[tuple[bytes, Fields]]
 """An XRANGE / XREVRANGE reply (redis' stubs also allow None ids and fields: only XCLAIM replies have them)."""
-
-
-class BackfillSettings(BaseModel):
-    """How much of the retained pool a promotion re-embeds before the switch."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = Field(True, description="Rebuild a promoted version's gallery from the pool before it serves.")
-    max_crops: int = Field(100_000, ge=0, description="Newest retained crops re-embedded at most (bounds the work).")
-    batch_size: int = Field(64, ge=1, description="Crops per embedding batch (one transaction each).")
-    max_s: float = Field(600.0, gt=0, description="The switch happens after this long even if the backfill is not done.")
 
 
 def backfill_key(prefix: str, version: str) -> str:
@@ -231,9 +220,9 @@ class Backfill:
     from ``pool`` (the Redis Streams pool: ``cameras()``, ``stream_key()``, ``parse_entries()``)."""
 
     def __init__(self, client: redis.Redis, prefix: str, pool: Any, embedder: Embedder, version: str,
-                 settings: BackfillSettings | None = None, aggregation: str = "mean") -> None:
+                 settings: BackfillConfig | None = None, aggregation: str = "mean") -> None:
         self.client, self.prefix, self.pool, self.embedder, self.version = client, prefix, pool, embedder, version
-        self.settings = settings or BackfillSettings()
+        self.settings = settings or BackfillConfig()
         self.quality_weighted = aggregation == "quality"
         self.gallery = GalleryStore(client, prefix)
         self.key = backfill_key(prefix, version)
@@ -419,12 +408,12 @@ class Backfill:
             self.gallery.register_version(self.version, dim)
 
 
-def run_backfill(cfg: AppConfig, client: redis.Redis, version: str, onnx_path: str, settings: BackfillSettings | None = None,
+def run_backfill(cfg: AppConfig, client: redis.Redis, version: str, onnx_path: str, settings: BackfillConfig | None = None,
                  embedder: Embedder | None = None) -> BackfillProgress | None:
     """Rebuild ``version``'s gallery with the model at ``onnx_path`` (``embedder``: one already loaded
     with it); ``None`` when it is off or the configured embedder does not follow the registry (it serves
     a fixed model, so the promoted version never embeds and needs no gallery)."""
-    settings = settings or BackfillSettings()
+    settings = settings or cfg.registry.backfill
     if not settings.enabled:
         return None
     if embedder is None:
@@ -442,7 +431,8 @@ def run_backfill(cfg: AppConfig, client: redis.Redis, version: str, onnx_path: s
     return job.run(publish)
 
 
-def backfill_hook(cfg: AppConfig, client: redis.Redis, settings: BackfillSettings | None = None) -> Callable[[Any], None]:
+def backfill_hook(cfg: AppConfig, client: redis.Redis,
+                  settings: BackfillConfig | None = None) -> Callable[[ModelVersion], None]:
     """``before_switch`` for :class:`~selfreid.pipeline.training.registry.ModelRegistry`: backfill the
     version about to be promoted (a :class:`ModelVersion`). A failure is logged and recorded, and the
     switch still happens: the new gallery then fills with new sightings only."""

@@ -49,12 +49,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from selfreid.reid_model.calibration import CALIBRATION_METADATA_KEY, AssociationCalibration, CalibrationError
 from selfreid.reid_model.export import atomic_write_bytes, fsync_dir
+
+if TYPE_CHECKING:
+    from selfreid.pipeline.config import AppConfig
 
 __all__ = [
     "RegistryError",
@@ -243,10 +246,12 @@ class ModelRegistry:
         >>> reg.promote(v.version)  # doctest: +SKIP
     """
 
-    def __init__(self, root: str | Path, client: redis.Redis | None = None, prefix: str = "selfreid") -> None:
+    def __init__(self, root: str | Path, client: redis.Redis | None = None, prefix: str = "selfreid",
+                 before_switch: Callable[[ModelVersion], None] | None = None) -> None:
         self.root = Path(root)
         self.client = client
         self.prefix = prefix
+        self.before_switch = before_switch  # runs before a version change is written (the backfill, blue/green)
         self.root.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ reading
@@ -415,6 +420,8 @@ class ModelRegistry:
         raise RegistryError("nothing to roll back to: no earlier production version is in the registry")
 
     def _set_production(self, target: ModelVersion, history: list[str]) -> ModelVersion:
+        if self.before_switch is not None and target.version != self._read_production().version:
+            self.before_switch(target)
         pointer = target.pointer()
         _write_json(self.root / PRODUCTION, {**pointer, "history": history, "promoted": time.time()})
         promoted = ModelVersion(target.version, target.folder, target.manifest, "production", target.late_calibration)
@@ -471,9 +478,15 @@ class ModelRegistry:
         return actions
 
 
-def open_registry(cfg, client: redis.Redis | None) -> ModelRegistry:
-    """The site's registry (``cfg.path(cfg.registry.directory)``), repaired and mirrored into Redis."""
-    registry = ModelRegistry(cfg.path(cfg.registry.directory), client, cfg.pool.prefix)
+def open_registry(cfg: AppConfig, client: redis.Redis | None) -> ModelRegistry:
+    """The site's registry (``cfg.path(cfg.registry.directory)``), repaired and mirrored into Redis.
+
+    With Redis, a promotion or rollback first rebuilds the new version's gallery from the pool
+    (:func:`~selfreid.pipeline.serving.backfill.backfill_hook`; blue/green, docs/backfill.md)."""
+    from selfreid.pipeline.serving.backfill import backfill_hook  # imports this module: not at the top
+
+    hook = backfill_hook(cfg, client, cfg.registry.backfill) if client is not None else None
+    registry = ModelRegistry(cfg.path(cfg.registry.directory), client, cfg.pool.prefix, before_switch=hook)
     registry.repair()
     return registry
 

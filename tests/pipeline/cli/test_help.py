@@ -51,3 +51,13 @@ def test_no_help_text_uses_angle_bracket_placeholders() -> None:
     walk(root)
     offenders = [text for text in texts if SWALLOWED.search(text)]
     assert not offenders, offenders
+
+
+def test_config_show_says_whether_the_threshold_is_pinned(tmp_path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("matcher:\n  matcher:\n    params:\n      threshold: 0.7\n")
+    pinned = CliRunner().invoke(app, ["config", "show", "--config", str(site)])
+    default = CliRunner().invoke(app, ["config", "show"])
+    assert pinned.exit_code == default.exit_code == 0
+    assert "pinned by matcher.matcher.params.threshold = 0.7" in pinned.output
+    assert "each model version's label-free calibration" in default.output
