@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from selfreid.pipeline.cli.common import ConfigOption, console, fail, load_or_fail
+
+if TYPE_CHECKING:
+    from selfreid.plugins.matchers.cross_camera import CrossCameraMatcher
 
 __all__ = ["eval_tracks_command", "parse_frames", "resolve_model"]
 
@@ -25,15 +28,16 @@ def parse_frames(text: str) -> tuple[int, int]:
     return int(first), int(last)
 
 
-def _matcher_settings(config: Path | None):
-    """The site's ``cross_camera`` matcher settings (the product defaults without ``--config``)."""
+def _matcher_settings(config: Path | None) -> CrossCameraMatcher.Settings:
+    """The site's ``cross_camera`` matcher settings (the product defaults without ``--config``); only
+    reads the config, so no ``data_dir`` is created."""
     from pydantic import ValidationError
 
     from selfreid.plugins.matchers.cross_camera import CrossCameraMatcher
 
     if config is None:
         return CrossCameraMatcher.Settings()
-    cfg = load_or_fail(config)
+    cfg = load_or_fail(config, data_dir=False)
     if cfg.matcher.matcher.plugin != "cross_camera":
         fail(f"{config}: matcher.matcher.plugin is {cfg.matcher.matcher.plugin!r}; eval-tracks scores the cross_camera matcher")
     try:

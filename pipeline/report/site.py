@@ -10,7 +10,8 @@ section reads the live state, and says so when it has nothing yet:
   (the served model version's gallery; see :func:`selfreid.pipeline.serving.api.report_identities`);
 * **timeline**: every sighting as a bar in its camera's lane, one colour per identity (SVG);
 * **self-training**: per registered version, its training curve (step losses), the validation
-  gate's decision with its numbers, and the export parity;
+  gate's decision with its numbers, both models' association calibrations and the held-out evidence,
+  and the export parity;
 * **before / after**: ``{data_dir}/evaluation.json`` when an evaluation was run
   (:mod:`selfreid.pipeline.evaluation.adaptation`; ``selfreid demo`` writes it);
 * **throughput**: each stage's rate, from the live status reports, or from the last local run's
@@ -71,6 +72,8 @@ class CycleView:
     parity: dict[str, float]
     history: list[dict[str, Any]]  # the trainer's epoch records
     curve: str  # SVG, "" without a training history
+    calibrations: list[dict[str, Any]] = field(default_factory=list)  # both models' calibrations (gate.calibration_rows)
+    evidence: str | None = None  # the gate's held-out slice, one line (gate.evidence_text)
 
 
 @dataclass
@@ -106,6 +109,8 @@ EVALUATION_METRICS = (  # (section, key, label)
     ("conreid", "rank1", "Con-ReID held-out ids: rank-1"),
     ("vtest", "idf1", "vtest virtual cameras: IDF1 (threshold picked on the halves split)"),
     ("vtest", "idf1_at_0.85", "vtest virtual cameras: IDF1 at the matcher's 0.85"),
+    ("vtest", "product_idf1", "vtest: IDF1 at product settings (each model's own calibration)"),
+    ("vtest", "oracle_idf1", "vtest: IDF1 at the best threshold (oracle)"),
 )
 
 
@@ -117,8 +122,11 @@ def evaluation_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
         if "missing" in part:
             rows.append({"metric": label, "missing": part["missing"]})
         elif "before" in part and "after" in part:
-            before, after = part["before"][key], part["after"][key]
-            rows.append({"metric": label, "before": before, "after": after, "delta": after - before})
+            before, after = part["before"].get(key), part["after"].get(key)
+            if before is None or after is None:  # an older evaluation file, or a model it could not score
+                rows.append({"metric": label, "missing": f"no {key} in this evaluation"})
+            else:
+                rows.append({"metric": label, "before": before, "after": after, "delta": after - before})
     return rows
 
 
@@ -237,7 +245,9 @@ def camera_views(cfg: AppConfig, client: redis.Redis) -> list[CameraView]:
 
 
 def cycle_views(cfg: AppConfig, client: redis.Redis) -> list[CycleView]:
-    """Every registered version, newest first, with its training curve and gate decision."""
+    """Every registered version, newest first, with its training curve and gate decision (both
+    models' calibrations and the held-out evidence it rests on)."""
+    from selfreid.pipeline.training.gate import calibration_rows, evidence_text
     from selfreid.pipeline.training.registry import ModelRegistry
 
     registry = ModelRegistry(cfg.path(cfg.registry.directory), client, cfg.pool.prefix)
@@ -246,11 +256,12 @@ def cycle_views(cfg: AppConfig, client: redis.Redis) -> list[CycleView]:
         metrics = v.manifest.get("metrics") or {}
         history = metrics.get("history") or []
         created = v.manifest.get("created")
+        gate = {**(metrics.get("gate") or {}), **v.gate}
         out.append(CycleView(
             v.version, v.status, v.parent,
             datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="seconds") if created else "",
-            {**(metrics.get("gate") or {}), **v.gate}, metrics.get("train_crops"), metrics.get("epochs"),
-            metrics.get("parity") or {}, history, curve_svg(history)))
+            gate, metrics.get("train_crops"), metrics.get("epochs"),
+            metrics.get("parity") or {}, history, curve_svg(history), calibration_rows(gate), evidence_text(gate)))
     return out
 
 

@@ -16,6 +16,7 @@ from selfreid.pipeline.report.site import (
     timeline_svg,
 )
 from selfreid.pipeline.serving.search import Identity, Sighting
+from selfreid.pipeline.training.gate import GateDecision, calibration_rows, evidence_text
 
 T0 = 1_700_000_000.0
 
@@ -95,7 +96,12 @@ def test_before_after_rows_and_missing_data() -> None:
     rows = evaluation_rows(evaluation)
     assert rows[0]["metric"].endswith("mAP") and abs(rows[0]["delta"] - 0.05) < 1e-12
     assert rows[1]["delta"] == 0.0
-    assert [r.get("missing") for r in rows[2:]] == ["gt_frames_0001-0400.txt not found"] * 2
+    assert [r.get("missing") for r in rows[2:]] == ["gt_frames_0001-0400.txt not found"] * 4
+    older = {"vtest": {"before": {"idf1": 0.5, "idf1_at_0.85": 0.4}, "after": {"idf1": 0.6, "idf1_at_0.85": 0.5}}}
+    by_metric = {r["metric"]: r for r in evaluation_rows(older)}  # written before the product / oracle IDF1
+    assert by_metric["vtest: IDF1 at the best threshold (oracle)"] == {
+        "metric": "vtest: IDF1 at the best threshold (oracle)", "missing": "no oracle_idf1 in this evaluation"}
+    assert abs(by_metric["vtest virtual cameras: IDF1 at the matcher's 0.85"]["delta"] - 0.1) < 1e-12
 
 
 def test_the_page_shows_each_section_and_escapes_camera_names() -> None:
@@ -122,3 +128,17 @@ def test_recorded_cameras_show_the_position_in_the_recording_beside_the_clock() 
     assert data.position("left", T0 + 3600) == "1:00:05" and data.position("right", T0) is None
     page = render_html(data)
     assert "recording 0:10&ndash;0:35" in page and page.count("recording ") == 2
+
+
+def test_the_gate_section_states_both_models_calibrations_and_the_evidence() -> None:
+    calibration = {"threshold": 0.61, "separation": 5.06, "auc": 0.99, "n_positive": 12, "n_negative": 30}
+    gate = GateDecision(True, "separation 2.10 -> 2.40", {"separation": 2.4}, {"separation": 2.1},
+                        {"crops": 200, "tracklets": 20, "usable_tracklets": 18, "positive_pairs": 18,
+                         "cannot_link_pairs": 40}, calibration, None).as_dict()
+    cycle = CycleView("2", "production", "1", "now", gate, 100, 2, {}, [], "", calibration_rows(gate),
+                      evidence_text(gate))
+    page = render_html(ReportData(generated="now", version="2", note="", cycles=[cycle]))
+    rows = re.findall(r"<tr><td>([^<]*)</td><td class=\"num\">([^<]*)</td><td class=\"num\">([^<]*)</td></tr>", page)
+    assert ("match threshold (label-free calibration)", "0.61", "- (none)") in rows
+    assert ("cannot-link pairs", "30", "- (none)") in rows
+    assert "held-out slice: 200 crops, 20 tracklets (18 usable), 18 positive pairs, 40 cannot-link pairs" in page

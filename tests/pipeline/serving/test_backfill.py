@@ -3,6 +3,7 @@ bounded, resumable, and never counting a crop the live embedder will still embed
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import cv2
@@ -10,16 +11,17 @@ import numpy as np
 import pytest
 
 from selfreid.pipeline.config import parse_config
+from selfreid.pipeline.config.service import BackfillConfig
 from selfreid.pipeline.runtime.pool import open_pool
 from selfreid.pipeline.runtime.status import read_status
 from selfreid.pipeline.serving.backfill import (
     Backfill,
-    BackfillSettings,
     backfill_hook,
     backfill_progress,
     run_backfill,
     serving_statement,
 )
+from selfreid.pipeline.training.registry import ModelRegistry, open_registry, production_key
 from selfreid.plugins.contracts import Crop, Embedding
 from selfreid.plugins.matchers.cross_camera import CrossCameraMatcher
 from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord, tracklet_key
@@ -66,9 +68,9 @@ def _crops() -> list[Crop]:
     return out + [Crop("A", T0 + 2.5, 9, (0, 0, 16, 32), 9, 0.9, _jpeg(200))]
 
 
-def _site(cfg, client, deliver: int | None = None):
+def _site(cfg, client, deliver: int | None = None, version: str = "v1"):
     """The pool with the crops, the live embedder having been given ``deliver`` of them (default all),
-    and version v1's gallery of the three tracklets (global ids 1, 2, 1)."""
+    and ``version``'s gallery of the three tracklets (global ids 1, 2, 1)."""
     pool = open_pool(cfg, client)
     pool.add(_crops())
     for camera in pool.cameras():
@@ -79,8 +81,8 @@ def _site(cfg, client, deliver: int | None = None):
     records = [TrackletRecord(tracklet_key(cam, track, T0 + start), cam, track, T0 + start, T0 + start + 3, 4, 4.0,
                               np.ones(4, np.float32), gid)
                for (cam, track, start, _), gid in zip(LAYOUT, (1, 2, 1))]
-    gallery.register_version("v1", 4)
-    gallery.save_tracklets("v1", records)
+    gallery.register_version(version, 4)
+    gallery.save_tracklets(version, records)
     return pool, gallery
 
 
@@ -88,7 +90,7 @@ def test_backfill_rebuilds_the_gallery_with_the_ids_carried_over(cfg, redis_clie
     pool, gallery = _site(cfg, redis_client)
     embedder = FakeEmbedder()
     epoch = gallery.epoch()
-    progress = Backfill(redis_client, "bf", pool, embedder, "v2", BackfillSettings(batch_size=3)).run()
+    progress = Backfill(redis_client, "bf", pool, embedder, "v2", BackfillConfig(batch_size=3)).run()
 
     assert progress.state == "done" and progress.embedded == 12 and progress.skipped == 1
     assert (progress.tracklets, progress.carried, progress.completeness) == (3, 3, 1.0)
@@ -111,7 +113,7 @@ def test_backfill_rebuilds_the_gallery_with_the_ids_carried_over(cfg, redis_clie
 
 def test_backfill_leaves_crops_the_live_embedder_was_not_given_and_catches_up(cfg, redis_client):
     pool, gallery = _site(cfg, redis_client, deliver=0)  # nothing delivered yet: the live path embeds it all
-    job = Backfill(redis_client, "bf", pool, FakeEmbedder(), "v2", BackfillSettings(batch_size=2))
+    job = Backfill(redis_client, "bf", pool, FakeEmbedder(), "v2", BackfillConfig(batch_size=2))
     job.begin()
     assert job.step() == 0 and gallery.load_tracklets("v2") == []
     # the live embedder takes camera A's 5 oldest crops (under v1) before the switch
@@ -123,14 +125,14 @@ def test_backfill_leaves_crops_the_live_embedder_was_not_given_and_catches_up(cf
 
 def test_backfill_resumes_after_a_crash_without_counting_twice(cfg, redis_client):
     pool, gallery = _site(cfg, redis_client)
-    first = Backfill(redis_client, "bf", pool, FakeEmbedder(), "v2", BackfillSettings(batch_size=3))
+    first = Backfill(redis_client, "bf", pool, FakeEmbedder(), "v2", BackfillConfig(batch_size=3))
     first.begin()
     first.step()
     first.step()  # ... and the process dies here
     assert backfill_progress(redis_client, "bf", "v2").state == "running"
     assert "being rebuilt" in serving_statement(redis_client, "bf", "v2")
     embedder = FakeEmbedder()
-    progress = Backfill(redis_client, "bf", pool, embedder, "v2", BackfillSettings(batch_size=3)).run()
+    progress = Backfill(redis_client, "bf", pool, embedder, "v2", BackfillConfig(batch_size=3)).run()
     assert progress.state == "done" and progress.embedded + progress.skipped == 13
     assert embedder.calls < 12  # the batches done before the crash were not embedded again
     assert sorted(r.count for r in gallery.load_tracklets("v2")) == [4, 4, 4]
@@ -138,7 +140,7 @@ def test_backfill_resumes_after_a_crash_without_counting_twice(cfg, redis_client
 
 def test_backfill_is_bounded_and_says_how_complete_the_gallery_is(cfg, redis_client):
     pool, gallery = _site(cfg, redis_client)
-    progress = Backfill(redis_client, "bf", pool, FakeEmbedder(), "v2", BackfillSettings(max_crops=4, batch_size=4)).run()
+    progress = Backfill(redis_client, "bf", pool, FakeEmbedder(), "v2", BackfillConfig(max_crops=4, batch_size=4)).run()
     assert progress.state == "partial" and progress.embedded + progress.skipped == 4
     assert progress.carried < progress.tracklets
     statement = serving_statement(redis_client, "bf", "v2")
@@ -169,7 +171,7 @@ def test_the_registry_hook_backfills_and_never_blocks_a_promotion(cfg, redis_cli
     _site(cfg, redis_client)
     progress = run_backfill(cfg, redis_client, "v2", "v2.onnx", embedder=FakeEmbedder())
     assert progress.state == "done" and read_status(redis_client, "bf")["backfill:v2"]["state"] == "done"
-    assert run_backfill(cfg, redis_client, "v2", "v2.onnx", BackfillSettings(enabled=False)) is None
+    assert run_backfill(cfg, redis_client, "v2", "v2.onnx", BackfillConfig(enabled=False)) is None
     backfill_hook(cfg, redis_client)(SimpleNamespace(version="v3", onnx=tmp_path / "missing.onnx"))  # no raise
     assert backfill_progress(redis_client, "bf", "v3").state == "failed"
     assert "gallery rebuild failed (ONNX model not found" in serving_statement(redis_client, "bf", "v3")
@@ -181,3 +183,36 @@ def test_no_backfill_for_an_embedder_with_a_fixed_model(cfg, redis_client, onnx_
     fixed = cfg.model_copy(update={"embedder": cfg.embedder.model_copy(update={"params": {"model": str(onnx_model)}})})
     assert run_backfill(fixed, redis_client, "v2", "v2.onnx") is None
     assert backfill_progress(redis_client, "bf", "v2") is None
+
+
+def test_promoting_through_the_registry_backfills_before_the_switch(cfg, redis_client, onnx_model_factory):
+    """Blue/green end to end: `open_registry(...).promote("2")` returns with version 2's gallery already
+    holding the earlier tracklets under their global ids, and only then does version 2 serve."""
+    import onnx
+
+    _site(cfg, redis_client, version="1")
+    plain = ModelRegistry(cfg.path(cfg.registry.directory), redis_client, "bf")  # no hook: set the scene
+    for version in ("1", "2"):
+        path = onnx_model_factory(version)
+        dim = int({p.key: p.value for p in onnx.load(str(path)).metadata_props}["embedding_dim"])
+        plain.register({"model.onnx": path}, embedding_dim=dim, version=version)
+    plain.promote("1")
+    switched: list[str] = []
+    registry = open_registry(cfg, redis_client)
+    hook = registry.before_switch
+    assert hook is not None
+
+    def spy(target):
+        hook(target)
+        switched.append(json.loads(redis_client.get(production_key("bf")))["version"])  # still version 1
+
+    registry.before_switch = spy
+    assert registry.promote("2").version == "2"
+
+    assert switched == ["1"]
+    assert json.loads(redis_client.get(production_key("bf")))["version"] == "2"
+    records = GalleryStore(redis_client, "bf").load_tracklets("2")
+    assert {r.key: (r.global_id, r.count) for r in records} == {
+        tracklet_key(cam, track, T0 + start): (gid, 4) for (cam, track, start, _), gid in zip(LAYOUT, (1, 2, 1))}
+    assert backfill_progress(redis_client, "bf", "2").state == "done"
+    assert "gallery complete: 3 of 3 earlier tracklets carried over" in serving_statement(redis_client, "bf", "2")

@@ -128,6 +128,23 @@ def test_missing_production_folder_falls_back_and_rollback(registry, tmp_path, r
         registry.rollback()
 
 
+def test_before_switch_runs_before_the_pointer_moves_and_only_on_a_change(tmp_path, redis_client):
+    seen: list[tuple[str, str | None]] = []  # (version about to serve, version serving meanwhile)
+
+    def record(target) -> None:
+        serving = registry.production()
+        seen.append((target.version, serving.version if serving else None))
+
+    registry = ModelRegistry(tmp_path / "models", redis_client, PREFIX, before_switch=record)
+    for tag in ("a", "b"):
+        _register(registry, tmp_path, tag)
+    registry.promote("1")
+    registry.promote("2")
+    registry.promote("2")  # serves already: no switch, no hook
+    registry.rollback()
+    assert seen == [("1", None), ("2", "1"), ("1", "2")]
+
+
 def test_promote_refuses_rejected_corrupted_and_unknown(registry, tmp_path):
     _register(registry, tmp_path, "a", gate={"passed": False, "reason": "non-finite weights"})
     assert registry.get("1").status == "rejected"
@@ -185,6 +202,7 @@ def test_models_cli_init_list_promote_rollback(tmp_path, redis_server, redis_cli
 
     listed = runner.invoke(app, ["models", "list", "-c", str(config)])
     assert listed.exit_code == 0 and "production" in listed.output, listed.output
+    assert listed.output.count("Model version 1 serves; no earlier tracklet to carry over") == 1, listed.output
     for args, message in ((["rollback"], "nothing to roll back"), (["promote", "7"], "not in the registry")):
         bad = runner.invoke(app, ["models", *args, "-c", str(config)])
         assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output
