@@ -101,22 +101,13 @@ def eval_tracks_command(
 
     Example: selfreid eval-tracks --model .selfreid/models/v2.onnx --gt gt.txt --video vtest.avi --frames 1-400 --fps 7
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from selfreid.pipeline.evaluation.tracks import TracksError, evaluate_tracks
+    from selfreid.pipeline.runtime.progress import step_progress
 
     onnx = resolve_model(model, config)
     settings = _matcher_settings(config)
     span = parse_frames(frames) if frames is not None else None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        tasks: dict[str, Any] = {}
-
-        def advance(step: str, done: int, total: int) -> None:
-            if step not in tasks:
-                tasks[step] = progress.add_task(step, total=total)
-            progress.update(tasks[step], completed=done, total=total)
-
+    with step_progress(console) as advance:
         try:
             result = evaluate_tracks(onnx, gt, video, frames=span, split=split, every_k=every_k, fps=fps,
                                      settings=settings, progress=advance)

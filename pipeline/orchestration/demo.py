@@ -115,9 +115,8 @@ def trained_pair(cfg: AppConfig, client) -> tuple[ModelVersion, ModelVersion] | 
 
 def evaluate_adaptation(cfg: AppConfig, client, console) -> dict[str, Any] | None:
     """Before/after numbers of the newest trained version, saved to ``{data_dir}/evaluation.json``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from selfreid.pipeline.evaluation.adaptation import compare_versions
+    from selfreid.pipeline.runtime.progress import step_progress
     from selfreid.plugins.assets import shared_data_dir
 
     pair = trained_pair(cfg, client)
@@ -128,15 +127,7 @@ def evaluate_adaptation(cfg: AppConfig, client, console) -> dict[str, Any] | Non
         return None
     before, after = pair
     started = time.monotonic()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        tasks: dict[str, Any] = {}
-
-        def advance(step: str, done: int, total: int) -> None:
-            if step not in tasks:
-                tasks[step] = progress.add_task(step, total=total)
-            progress.update(tasks[step], completed=done, total=total)
-
+    with step_progress(console, transient=False) as advance:
         scores = compare_versions(before.onnx, after.onnx, data, advance,
                                   calibrations={"before": before.calibration, "after": after.calibration})
     result = {"before_version": before.version, "after_version": after.version, "after_status": after.status,
