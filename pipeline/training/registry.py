@@ -150,7 +150,12 @@ def _copy_durable(source: Path, target: Path) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
+    """Atomically; a disk error (full, quota, permissions) is a RegistryError naming the file, and the
+    old file stays as it was."""
+    try:
+        atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
+    except OSError as exc:
+        raise RegistryError(f"cannot write {path}: {exc.strerror or exc}; nothing was changed") from None
 
 
 def write_onnx_metadata(path: str | Path, entries: Mapping[str, str]) -> Path:

@@ -558,3 +558,28 @@ def test_registry_disk_full_leaves_no_half_written_model(observe, fault, tmp_pat
     message = message.replace(str(tmp_path), "$TMP")
     observe(f"'{message}'; registry folder afterwards: {after} (unchanged); production still "
             f"{registry.production().version}; the retry with room registered version {retried.version}")
+
+
+def fail_with_no_space(path: Path, data: bytes) -> Path:
+    raise OSError(28, os.strerror(28), str(path))
+
+
+@pytest.mark.reliability(
+    "fault", case="registry disk full while production is switched (promote writes the pointer: ENOSPC)",
+    expected="promote raises a RegistryError naming the file and the disk error (no raw OSError); the old "
+             "version still serves, on disk and in Redis; once there is room the promotion goes through",
+)
+def test_promotion_on_a_full_disk_is_a_clear_error(observe, tmp_path, redis_client, two_versions, monkeypatch):
+    registry = ModelRegistry(tmp_path / "models", redis_client, "pf")
+    registry.promote(registry.register({"model.onnx": two_versions[0]}, embedding_dim=4096).version)
+    candidate = registry.register({"model.onnx": two_versions[1]}, embedding_dim=4096).version
+    monkeypatch.setattr(model_registry, "atomic_write_bytes", fail_with_no_space)
+    with pytest.raises(RegistryError) as raised:
+        registry.promote(candidate)
+    monkeypatch.undo()
+    message = str(raised.value)
+    assert "No space left on device" in message and "production" in message.lower()
+    assert registry.production().version == "1"
+    assert json.loads(redis_client.get(production_key("pf")))["version"] == "1"
+    assert registry.promote(candidate).version == "2"
+    observe(f"'{message.replace(str(tmp_path), '$TMP')}'; version 1 kept serving; with room, version 2 was promoted")
