@@ -159,6 +159,8 @@ def test_a_promoted_versions_calibration_reaches_the_running_matcher(
     from selfreid.reid_model.calibration import AssociationCalibration
 
     cfg = parse_config({"data_dir": str(tmp_path), "pool": {"prefix": "es"},
+                        # 4-d stand-in embeddings: no backfill re-embeds the pool with the real model
+                        "registry": {"backfill": {"enabled": False}},
                         "matcher": {"matcher": {"params": {"min_crops": 1, "threshold": pinned}}}})
     calibration = AssociationCalibration(0.5, "eer", 0.8, 0.1, 0.2, 0.1, 40, 60, 4.2, 0.99)
     registry = open_registry(cfg, redis_client)
