@@ -192,6 +192,7 @@ def test_dead_and_broken_cameras_do_not_stop_a_live_one(shared_data, tmp_path, r
             w.stats.get("live")
             and w.stats["live"].state == "finished"
             and w.stats["stills"].state == "finished"
+            and w.stats["stills"].frames == 3  # its source may finish before its last frame is processed
             and w.stats["dead-rtsp"].reconnects >= 2
         )
     )
