@@ -29,7 +29,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -51,6 +51,7 @@ __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAME",
     "METADATA_KEYS",
+    "set_metadata",
     "ExportError",
     "ParityError",
     "ExportBundle",
@@ -133,7 +134,8 @@ def _metadata(spec: InputSpec, embedding_dim: int, model_version: str) -> dict[s
     }
 
 
-def _set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
+    """Set ``metadata_props`` entries of a model; entries with other keys are kept."""
     kept = [p for p in proto.metadata_props if p.key not in metadata]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
@@ -190,7 +192,7 @@ def export_onnx(model: ReIDModel, path: str | Path, input_size: tuple[int, int] 
         import onnxslim
 
         proto = onnxslim.slim(proto)
-    _set_metadata(proto, _metadata(spec, model.embedding_dim, model_version))
+    set_metadata(proto, _metadata(spec, model.embedding_dim, model_version))
     onnx.checker.check_model(proto)
     return atomic_write_bytes(path, proto.SerializeToString())
 
@@ -285,7 +287,7 @@ def convert_fp16(onnx_path: str | Path, out_path: str | Path) -> Path:
     with warnings.catch_warnings():  # one warning per weight clipped to the fp16 range: noise
         warnings.simplefilter("ignore", UserWarning)
         converted = float16.convert_float_to_float16(proto, keep_io_types=True)
-    _set_metadata(converted, {p.key: p.value for p in proto.metadata_props})
+    set_metadata(converted, {p.key: p.value for p in proto.metadata_props})
     return atomic_write_bytes(out_path, converted.SerializeToString())
 
 
@@ -307,7 +309,7 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
         quantize_dynamic(str(onnx_path), str(raw), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul", "Gemm"])
         proto = onnx.load(str(raw))
-    _set_metadata(proto, meta)
+    set_metadata(proto, meta)
     return atomic_write_bytes(out_path, proto.SerializeToString())
 
 

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from selfreid.reid_model.calibration import CALIBRATION_METADATA_KEY, AssociationCalibration, CalibrationError
-from selfreid.reid_model.export import atomic_write_bytes, fsync_dir
+from selfreid.reid_model.export import atomic_write_bytes, fsync_dir, set_metadata
 
 if TYPE_CHECKING:
     from selfreid.pipeline.config import AppConfig
@@ -163,12 +163,7 @@ def write_onnx_metadata(path: str | Path, entries: Mapping[str, str]) -> Path:
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
-    kept = [p for p in proto.metadata_props if p.key not in entries]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    for key, value in entries.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_metadata(proto, entries)
     return atomic_write_bytes(path, proto.SerializeToString())
 
 
