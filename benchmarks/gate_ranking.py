@@ -18,6 +18,14 @@ of correct decisions: the gate's rule (:func:`~selfreid.pipeline.training.gate.j
 tolerances) promoting each adapted candidate over the parent, against "its labelled number is not below
 the parent's". Goals (issue 14): Spearman >= 0.7 on each arm, decisions >= 0.8.
 
+Cross-camera scores (:func:`cross_camera_scores`, reported beside the gate's own, not gate options):
+the separation scores reward within-camera consistency, so these look across cameras instead, on
+tracklet means: cycle consistency (a tracklet's best match in another camera has it as its best match
+back), the margin of that best match over the runner-up, the excess of cross-camera matches above the
+candidate's own calibrated threshold (more than one per other camera cannot all be right) and the
+share of co-occurring tracklet pairs whose best match in another camera is the same tracklet. They
+are judged with the plain rule "promote when the score is not below the parent's".
+
 Each candidate's embeddings (slice and labelled set) are cached under ``.selfreid/bench/G1/<arm>-<pool>/``
 (not committed), so a rerun with other scores or tolerances needs no training: ``--fresh`` recomputes.
 
@@ -168,6 +176,44 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float(spearmanr(np.asarray(x)[ok], np.asarray(y)[ok]).statistic)
 
 
+CROSS_SCORES = ("cycle", "margin", "excess_matches", "shared_best")
+
+
+def cross_camera_scores(emb: np.ndarray, held: Holdout, threshold: float, min_gap: float) -> dict[str, float]:
+    """Label-free cross-camera numbers of one model on the slice (module docstring); higher is better."""
+    feats, groups = emb.astype(np.float64), np.asarray(held.groups)
+    keys = sorted(set(held.groups))
+    means = np.stack([feats[groups == k].mean(0) for k in keys])
+    means /= np.linalg.norm(means, axis=1, keepdims=True).clip(1e-12)
+    cams = np.asarray([held.camera_ids[int(np.flatnonzero(groups == k)[0])] for k in keys])
+    sim = means @ means.T
+    best = {(i, c): int(np.flatnonzero(cams == c)[sim[i, cams == c].argmax()]) for i in range(len(keys))
+            for c in set(cams) - {cams[i]}}
+    cycle = [best[(j, cams[i])] == i for (i, _), j in best.items()]
+    margin = [np.diff(np.sort(sim[i, cams == c])[-2:])[0] for (i, c) in best if (cams == c).sum() > 1]
+    above = ((sim > threshold) & (cams[:, None] != cams[None, :])).sum(1)
+    index = {k: i for i, k in enumerate(keys)}
+    shared = [best[(index[a], c)] == best[(index[b], c)]
+              for a, b in held.pairs(min_gap).cannot_link
+              for c in set(cams) - {cams[index[a]]}]
+    return {"cycle": float(np.mean(cycle)), "margin": float(np.mean(margin)) if margin else float("nan"),
+            "excess_matches": -float(np.maximum(above - (len(set(cams)) - 1), 0).mean()),
+            "shared_best": -float(np.mean(shared)) if shared else float("nan")}
+
+
+def rank_cross_scores(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Spearman and the plain rule's decision share for each cross-camera score."""
+    labels = [row["label"] for row in table.values()]
+    out = {}
+    for score in CROSS_SCORES:
+        values = [row[f"cross_{score}"] for row in table.values()]
+        parent = table[PARENT]
+        correct = [(row[f"cross_{score}"] >= parent[f"cross_{score}"]) == (row["label"] >= parent["label"])
+                   for name, row in table.items() if name != PARENT]
+        out[score] = {"spearman": spearman(values, labels), "decisions_correct": float(np.mean(correct))}
+    return out
+
+
 def _fresh(scores: PoolScores) -> PoolScores:
     """A copy whose ``values`` the gate rule may annotate."""
     return replace(scores, values=dict(scores.values))
@@ -203,14 +249,17 @@ def run_arm(arm: Arm, args, service, tmp: Path) -> dict[str, Any]:
     for name, feats in features.items():
         table[name] = {**arm.labelled(name, feats["labelled"], scores[name]),
                        **{f"score_{s}": round(scores[name].values[f"score_{s}"], 4) for s in SCORES},
-                       "calibration_threshold": round(scores[name].values["threshold"], 4)}
+                       "calibration_threshold": round(scores[name].values["threshold"], 4),
+                       **{f"cross_{k}": round(v, 4) for k, v in cross_camera_scores(
+                           feats["slice"], held, scores[name].values["threshold"], service.gate.min_gap_s).items()}}
         print(arm.name, name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in table[name].items()}),
               flush=True)
     evidence = {"slice_crops": len(held), "slice_tracklets": len(set(held.groups)),
                 "positive_pairs": len(held.pairs(service.gate.min_gap_s).positives),
                 "cannot_link_pairs": len(held.pairs(service.gate.min_gap_s).cannot_link),
                 "pool_crops": len(arm.pool.images)}
-    return {"candidates": table, "ranking": rank_scores(table, scores), "slice": evidence}
+    return {"candidates": table, "ranking": rank_scores(table, scores), "cross_camera": rank_cross_scores(table),
+            "slice": evidence}
 
 
 def main() -> None:
@@ -252,12 +301,14 @@ def main() -> None:
     summary = {arm: {s: {"spearman": r["ranking"][s]["spearman"], "decisions_correct": r["ranking"][s]["decisions_correct"]}
                      for s in SCORES} for arm, r in results.items()}
     print(json.dumps(summary, indent=1))
+    print("cross-camera scores:", json.dumps({arm: r["cross_camera"] for arm, r in results.items()}, indent=1))
     chosen = [summary[a][default] for a in summary]
     value = min(c["spearman"] for c in chosen)
     met = all(c["spearman"] >= SPEARMAN_GOAL and c["decisions_correct"] >= DECISION_GOAL for c in chosen)
     write_result("G1", value, f"Spearman(gate score, labelled) >= {SPEARMAN_GOAL} on each arm and correct "
                  f"promote/reject >= {DECISION_GOAL} (gate.score = {default})",
                  "Spearman (worst arm)", {"gate_score": default, "summary": summary, "arms": results,
+                                          "cross_camera": {arm: r["cross_camera"] for arm, r in results.items()},
                                           "candidates": candidate_names(args.modes, args.keep_epochs, args.alphas),
                                           "wall_seconds": round(time.monotonic() - started, 1)}, met=met)
 

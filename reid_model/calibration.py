@@ -55,6 +55,8 @@ __all__ = [
     "CalibrationError",
     "TrackletPairs",
     "tracklet_pairs",
+    "pool_tracklets",
+    "TRACK_REUSE_GAP_S",
     "pair_scores",
     "calibrate_scores",
     "fit_calibration",
@@ -69,6 +71,7 @@ METHODS: tuple[str, ...] = ("midpoint", "eer", "negative_tail")
 NEGATIVE_TAIL_K = 2.0
 CALIBRATION_METADATA_KEY = "association_calibration"  # ONNX metadata_props key holding AssociationCalibration.to_json()
 MIN_PAIRS = 3  # fewer positives or negatives than this: no calibration (the caller keeps its threshold)
+TRACK_REUSE_GAP_S = 60.0  # one camera's track id silent this long has been reused (far beyond any tracker's lost-track buffer)
 
 
 class CalibrationError(ValueError):
@@ -151,6 +154,37 @@ def _group(tracklets: Sequence[str], cameras: Sequence[str], times: Sequence[flo
                              "tracklet labels must be unique across cameras (e.g. 'camera/track')")
         groups.setdefault(label, []).append(int(i))
     return {k: np.asarray(v) for k, v in groups.items()}
+
+
+def pool_tracklets(
+    cameras: Sequence[str], track_ids: Sequence[int], times: Sequence[float] | None,
+    max_gap_s: float = TRACK_REUSE_GAP_S,
+) -> list[str]:
+    """Tracklet label of each pool crop: ``"camera/track"``, plus ``"~k"`` for the k-th reuse of that id.
+
+    A tracker numbers its tracks from 1 again when it restarts (an ingest restart, a looped file), so
+    one ``camera/track`` can hold several people hours apart. Left as one tracklet, its "halves" would
+    be a false positive pair and its span would cannot-link everything the camera saw in between.
+    A silence longer than ``max_gap_s`` starts a new tracklet. Without times the ids are taken as
+    they are.
+
+    Example::
+
+        >>> pool_tracklets(["a", "a", "a", "b"], [1, 1, 1, 1], [0.0, 1.0, 500.0, 2.0])
+        ['a/1', 'a/1', 'a/1~1', 'b/1']
+    """
+    labels = [f"{c}/{t}" for c, t in zip(cameras, track_ids)]
+    if times is None:
+        return labels
+    t = np.asarray(times, dtype=np.float64)
+    last: dict[str, tuple[float, int]] = {}
+    for i in np.argsort(t, kind="stable"):
+        seen, reuse = last.get(labels[i], (t[i], 0))
+        reuse += int(t[i] - seen > max_gap_s)
+        last[labels[i]] = (t[i], reuse)
+        if reuse:
+            labels[i] = f"{labels[i]}~{reuse}"
+    return labels
 
 
 def _halves(idx: np.ndarray, t: np.ndarray, min_gap: float) -> tuple[np.ndarray, np.ndarray] | None:

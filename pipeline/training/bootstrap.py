@@ -27,7 +27,7 @@ from selfreid.pipeline.runtime.pool import open_pool
 from selfreid.pipeline.training.registry import ModelRegistry, ModelVersion, register_checkpoint
 from selfreid.pipeline.training.service import decode_crops
 from selfreid.plugins.assets import shared_data_dir
-from selfreid.reid_model.calibration import AssociationCalibration, CalibrationError, fit_calibration
+from selfreid.reid_model.calibration import AssociationCalibration, CalibrationError, fit_calibration, pool_tracklets
 
 __all__ = ["IMAGE_SUFFIXES", "generated_person_images", "initialise_registry", "parity_images", "pool_calibrator"]
 
@@ -99,9 +99,9 @@ def pool_calibrator(cfg: AppConfig, client: redis.Redis | None) -> Callable[[Pat
         if not crops:
             return None
         try:
-            return fit_calibration(embed_onnx(onnx, images), [f"{c.camera_id}/{c.track_id}" for c in crops],
-                                   [c.camera_id for c in crops], [c.timestamp for c in crops],
-                                   min_gap=cfg.service.gate.min_gap_s)
+            cameras, times = [c.camera_id for c in crops], [c.timestamp for c in crops]
+            return fit_calibration(embed_onnx(onnx, images), pool_tracklets(cameras, [c.track_id for c in crops], times),
+                                   cameras, times, min_gap=cfg.service.gate.min_gap_s)
         except CalibrationError as exc:
             log.info("no association calibration from the pool yet: %s", exc)
             return None

@@ -54,7 +54,7 @@ from selfreid.pipeline.training.gate import Holdout, nonfinite_parameters, run_g
 from selfreid.pipeline.training.registry import ModelRegistry, open_registry, slim_checkpoint
 from selfreid.plugins.codec import decode_jpeg
 from selfreid.plugins.contracts import Crop, PoolStore
-from selfreid.reid_model.calibration import AssociationCalibration
+from selfreid.reid_model.calibration import AssociationCalibration, pool_tracklets
 from selfreid.reid_model.checkpoint import load_model, read_checkpoint
 from selfreid.reid_model.data import ArrayCropDataset
 from selfreid.reid_model.export import ExportError, atomic_write_bytes, embed_onnx, export_bundle
@@ -109,7 +109,8 @@ class Snapshot:
 
     @property
     def groups(self) -> list[str]:
-        return [f"{c}/{t}" for c, t in zip(self.camera_ids, self.track_ids)]
+        """Tracklet label of each crop (a reused track id starts a new tracklet: ``pool_tracklets``)."""
+        return pool_tracklets(self.camera_ids, self.track_ids, self.times)
 
     def save(self, path: Path) -> None:
         offsets = np.cumsum([0] + [len(j) for j in self.jpegs])
@@ -160,10 +161,10 @@ def take_snapshot(pool: PoolStore, cfg: AppConfig, seed: int) -> Snapshot:
     crops = pool.snapshot(cfg.service.snapshot_crops, since)
     _, kept = decode_crops(crops)
     crops = [crops[i] for i in kept]
-    groups = [f"{c.camera_id}/{c.track_id}" for c in crops]
-    mask = holdout_mask(groups, cfg.service.holdout_fraction, seed)
-    return Snapshot([c.jpeg for c in crops], [c.camera_id for c in crops], [c.track_id for c in crops], mask,
-                    [c.timestamp for c in crops])
+    snapshot = Snapshot([c.jpeg for c in crops], [c.camera_id for c in crops], [c.track_id for c in crops],
+                        np.zeros(len(crops), bool), [c.timestamp for c in crops])
+    snapshot.holdout = holdout_mask(snapshot.groups, cfg.service.holdout_fraction, seed)
+    return snapshot
 
 
 # --------------------------------------------------------------------------- one cycle

@@ -13,6 +13,7 @@ from selfreid.reid_model.calibration import (
     calibrate_scores,
     fit_calibration,
     pair_scores,
+    pool_tracklets,
     tracklet_pairs,
 )
 
@@ -28,6 +29,19 @@ def test_pairs_from_crafted_tracklets():
     halves = {tuple(p.tolist()): tuple(q.tolist()) for p, q in pos}
     # a: the middle 3 s (3.5..6.5) dropped; b: 2 crops 7 s apart; d: 25 is in the dropped middle; e: 10 s apart
     assert halves == {(0, 1): (4, 5), (6,): (7,), (8,): (10,), (11,): (12,)}
+
+
+def test_a_reused_track_id_starts_a_new_tracklet_and_cannot_links_only_its_own_time():
+    # camera c: track 1 at 0-10 s, the tracker restarts, track 1 again at 3600-3610 s; track 2 at 1800 s
+    cameras, tracks = ["c"] * 7, [1, 1, 1, 2, 2, 1, 1]
+    times = [0.0, 5.0, 10.0, 1800.0, 1805.0, 3600.0, 3610.0]
+    labels = pool_tracklets(cameras, tracks, times)
+    assert labels == ["c/1", "c/1", "c/1", "c/2", "c/2", "c/1~1", "c/1~1"]
+    pos, neg = tracklet_pairs(labels, cameras, times, min_gap=1)
+    assert neg == []  # as one tracklet, c/1 spanned c/2 and would have been cannot-linked with it
+    assert len(pos) == 3  # and its "halves" would have been two different people
+    assert pool_tracklets(cameras, tracks, times, max_gap_s=10_000) == [f"c/{t}" for t in tracks]
+    assert pool_tracklets(cameras, tracks, None) == [f"c/{t}" for t in tracks]
 
 
 def test_short_tracklets_give_no_positive_and_touching_spans_are_cannot_link():

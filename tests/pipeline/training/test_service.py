@@ -192,3 +192,10 @@ def test_triggers_growth_and_drift(site, shared_data):
     assert triggers.due().startswith("growth: pool grew by")
     triggers.cycle_done()
     assert not (triggers.due() or "").startswith("growth")
+
+
+def test_snapshot_tracklets_split_a_reused_track_id_and_survive_a_reload(tmp_path):
+    snap = train_service.Snapshot([b"x"] * 4, ["c"] * 4, [7, 7, 7, 7], np.zeros(4, bool), [0.0, 1.0, 900.0, 901.0])
+    assert snap.groups == ["c/7", "c/7", "c/7~1", "c/7~1"]
+    snap.save(tmp_path / "snap.npz")
+    assert train_service.Snapshot.load(tmp_path / "snap.npz").groups == snap.groups
