@@ -210,7 +210,8 @@ def rank_cross_scores(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
         parent = table[PARENT]
         correct = [(row[f"cross_{score}"] >= parent[f"cross_{score}"]) == (row["label"] >= parent["label"])
                    for name, row in table.items() if name != PARENT]
-        out[score] = {"spearman": spearman(values, labels), "decisions_correct": float(np.mean(correct))}
+        rho = spearman(values, labels)  # None where the score is constant over the candidates
+        out[score] = {"spearman": rho if np.isfinite(rho) else None, "decisions_correct": float(np.mean(correct))}
     return out
 
 
