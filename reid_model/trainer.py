@@ -288,13 +288,13 @@ class SCLTrainer:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         start_epoch, start_step = 0, 0
+        started = time.monotonic()  # the budget covers set-up and the bank pass too (minutes on a large pool)
         self._setup(dataset, init_checkpoint)
         if resume and (out / LAST).is_file():
             start_epoch, start_step = self._restore(out / LAST)
         else:
             self.init_banks(dataset)
         labels = monitor_labels.to(self.device) if monitor_labels is not None else None
-        started = time.monotonic()
         history: list[dict[str, Any]] = []
         epoch, finished = start_epoch, True
         for epoch in range(start_epoch, self.cfg.epochs):
