@@ -151,4 +151,6 @@ class TrainConfig(_Frozen):
     device: str = Field("auto", description="'auto' = CUDA when present, else CPU; or 'cpu', 'cuda:0'.")
     amp: bool = Field(True, description="Mixed precision (CUDA only).")
     channels_last: bool = Field(True, description="channels_last memory format (CUDA only).")
-    max_minutes: float | None = Field(None, gt=0, description="Stop after this wall time, set-up and the bank pass included (the service's budget).")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Stop after this wall time, set-up and the bank pass included (the service's budget)."
+    )
