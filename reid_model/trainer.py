@@ -293,6 +293,7 @@ class SCLTrainer:
         if resume and (out / LAST).is_file():
             start_epoch, start_step = self._restore(out / LAST)
         else:
+            (out / LOG).unlink(missing_ok=True)  # a fresh run's log starts empty, as its history does
             self.init_banks(dataset)
         labels = monitor_labels.to(self.device) if monitor_labels is not None else None
         history: list[dict[str, Any]] = []

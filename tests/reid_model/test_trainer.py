@@ -43,6 +43,8 @@ def test_fit_writes_a_weights_only_checkpoint_and_a_log(tiny_cfg, tiny_crops, tm
     assert "neighbour_precision" in log[1] and "neighbour_precision" not in log[0]
     model, cfg = load_model(result.checkpoint)
     assert cfg == tiny_cfg and not model.training
+    SCLTrainer(tiny_cfg, progress=False).fit(ArrayCropDataset(*tiny_crops), tmp_path)  # a fresh run, same folder
+    assert len((tmp_path / "train_log.jsonl").read_text().splitlines()) == 2
     with torch.no_grad():
         assert model.embed(torch.randn(2, 3, 32, 16)).shape == (2, 128)
 
