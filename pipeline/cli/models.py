@@ -115,10 +115,16 @@ def list_command(config: ConfigOption = None) -> None:
         cal = v.calibration
         table.add_row(v.version, v.status, v.parent or "-", created, str(v.embedding_dim),
                       f"{parity:.6f}" if parity is not None else "-",
-                      f"{cal.threshold:.3f}" if cal else "- (default)", f"{cal.separation:.2f}" if cal else "-",
+                      _threshold_text(cal), f"{cal.separation:.2f}" if cal else "-",
                       v.gate.get("reason", "-"))
     out = Console()
     (out if out.is_terminal else Console(width=PIPE_WIDTH)).print(table)
+
+
+def _threshold_text(cal) -> str:
+    if cal is None:
+        return "- (default)"
+    return f"{cal.threshold:.3f}" if cal.informative else f"{cal.threshold:.3f} (uninformative, AUC {cal.auc:.2f}: default)"
 
 
 @models_app.command("promote")

@@ -377,6 +377,16 @@ def judge(cand: PoolScores, base: PoolScores | None, cfg: GateConfig, broken_bas
     return _compare(cand.values, base.values if base is not None else {}, cfg), name
 
 
+def calibration_veto(calibration: AssociationCalibration | None) -> str | None:
+    """Why a candidate may not serve with this calibration of its own, or None. An uninformative one
+    (:attr:`~selfreid.reid_model.calibration.AssociationCalibration.informative`) would leave the
+    matcher at its default threshold, which an adapted model's cosines do not fit."""
+    if calibration is None or calibration.informative:
+        return None
+    return (f"its association calibration is uninformative (AUC {calibration.auc:.2f}): held-out tracklet halves "
+            "are no closer than co-occurring tracklets, so no match threshold could be read for it")
+
+
 def run_gate(candidate_onnx: str | Path, baseline_onnx: str | Path | None, holdout: Holdout, cfg: GateConfig,
              candidate_model: torch.nn.Module | None = None) -> GateDecision:
     """Decide whether ``candidate_onnx`` may replace ``baseline_onnx`` (None = nothing serves yet:
@@ -395,6 +405,7 @@ def run_gate(candidate_onnx: str | Path, baseline_onnx: str | Path | None, holdo
         return GateDecision(False, "non-finite embeddings from the exported candidate", evidence=asdict(evidence))
     base = _measure(Path(baseline_onnx), holdout, cfg) if baseline_onnx else None
     reason, name = judge(cand, base, cfg, broken_baseline=bool(baseline_onnx) and base is None)
+    reason = reason or calibration_veto(cand.calibration)
     base_values = base.values if base is not None else {}
     calibrations = (cand.calibration.to_dict() if cand.calibration else None,
                     base.calibration.to_dict() if base is not None and base.calibration else None)

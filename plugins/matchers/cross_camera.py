@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from selfreid.plugins.contracts import Assignment, Embedding, Index
 from selfreid.plugins.matchers.faiss_index import FaissIndex
 from selfreid.plugins.matchers.gallery_store import GalleryStore, TrackletRecord, tracklet_key
-from selfreid.reid_model.calibration import AssociationCalibration
+from selfreid.reid_model.calibration import MIN_AUC, AssociationCalibration
 
 __all__ = ["CrossCameraMatcher", "Transition", "DEFAULT_THRESHOLD"]
 
@@ -188,6 +188,9 @@ class CrossCameraMatcher:
             self._calibrations.pop(version, None)
         else:
             self._calibrations[version] = calibration
+        if calibration is not None and not calibration.informative:
+            log.warning("matcher: version %s's calibration is uninformative (AUC %.2f <= %.2f): the default %.2f applies",
+                        version or "(default)", calibration.auc, MIN_AUC, DEFAULT_THRESHOLD)
         log.info("matcher: version %s now links at cosine >= %.3f", version or "(default)", self.threshold(version))
 
     def threshold(self, version: str | None = None) -> float:
@@ -195,7 +198,9 @@ class CrossCameraMatcher:
         if self.settings.threshold is not None:
             return self.settings.threshold
         calibration = self._calibrations.get(version) or self._calibrations.get(None)
-        return calibration.threshold if calibration is not None else DEFAULT_THRESHOLD
+        if calibration is None or not calibration.informative:  # an uninformative one: no better than a guess
+            return DEFAULT_THRESHOLD
+        return calibration.threshold
 
     # -- galleries ----------------------------------------------------------------------------
     def gallery(self, version: str, dim: int | None = None) -> _Gallery:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -233,3 +234,11 @@ def test_cannot_link_splits_a_tracklet_that_grows_into_an_overlap(redis_client):
         for x in members:
             assert not any(y is not x and y.camera_id == x.camera_id and y.start <= x.end and x.start <= y.end
                            for y in members)
+
+
+def test_an_uninformative_calibration_leaves_the_default_threshold(redis_client):
+    m = make(redis_client, threshold=None)
+    m.set_calibration(dataclasses.replace(calibration(0.72), auc=0.38), version="v1")  # halves below co-occurring pairs
+    assert m.threshold("v1") == DEFAULT_THRESHOLD
+    m.set_calibration(dataclasses.replace(calibration(0.72), auc=0.51), version="v1")
+    assert m.threshold("v1") == 0.72

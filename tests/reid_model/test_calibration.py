@@ -139,3 +139,9 @@ def test_fit_without_cooccurrence_raises():
     one_at_a_time = [t + 10 * int(k.split("/")[1]) for t, k in zip(times, tracklets)]
     with pytest.raises(CalibrationError, match="0 cannot-link"):
         fit_calibration(feats, tracklets, cameras, one_at_a_time)
+
+
+def test_a_calibration_whose_positives_do_not_outrank_its_negatives_is_uninformative():
+    assert calibrate_scores([0.9, 0.8, 0.85], [0.2, 0.3, 0.25]).informative
+    inverted = calibrate_scores([0.69, 0.60, 0.72], [0.75, 0.80, 0.70])  # ImageNet features on PETS groups
+    assert inverted.auc < 0.5 and not inverted.informative

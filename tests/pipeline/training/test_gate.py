@@ -14,6 +14,7 @@ from selfreid.pipeline.training.gate import (
     Holdout,
     _compare,
     calibration_rows,
+    calibration_veto,
     evidence_text,
     labelled_scores,
     nonfinite_parameters,
@@ -22,6 +23,7 @@ from selfreid.pipeline.training.gate import (
     proxy_scores,
     run_gate,
 )
+from selfreid.reid_model.calibration import calibrate_scores
 from selfreid.reid_model.config import ModelConfig
 from selfreid.reid_model.export import export_onnx
 from selfreid.reid_model.model import build_model
@@ -216,3 +218,10 @@ def test_report_rows_show_both_calibrations_and_the_counts(tmp_path):
     rows = calibration_rows({"calibration": scores.calibration.to_dict(), "baseline_calibration": None})
     assert rows[0]["candidate"] == pytest.approx(scores.calibration.threshold, abs=1e-6) and rows[0]["baseline"] is None
     assert [r["measure"].split()[0] for r in rows] == ["match", "separation", "P(positive", "positive", "cannot-link"]
+
+
+def test_a_candidate_with_an_uninformative_calibration_of_its_own_is_vetoed():
+    assert calibration_veto(None) is None  # too few pairs: the evidence rules decide
+    assert calibration_veto(calibrate_scores([0.9, 0.8, 0.85], [0.2, 0.3, 0.25])) is None
+    reason = calibration_veto(calibrate_scores([0.69, 0.60, 0.72], [0.75, 0.80, 0.70]))
+    assert reason is not None and "uninformative (AUC 0.11)" in reason
