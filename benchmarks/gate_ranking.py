@@ -204,10 +204,10 @@ def cross_camera_scores(emb: np.ndarray, held: Holdout, threshold: float, min_ga
 def rank_cross_scores(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Spearman and the plain rule's decision share for each cross-camera score."""
     labels = [row["label"] for row in table.values()]
+    parent = table[PARENT]
     out = {}
     for score in CROSS_SCORES:
         values = [row[f"cross_{score}"] for row in table.values()]
-        parent = table[PARENT]
         correct = [(row[f"cross_{score}"] >= parent[f"cross_{score}"]) == (row["label"] >= parent["label"])
                    for name, row in table.items() if name != PARENT]
         rho = spearman(values, labels)  # None where the score is constant over the candidates

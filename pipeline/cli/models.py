@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from selfreid.pipeline.config import AppConfig
     from selfreid.pipeline.training.registry import ModelRegistry, ModelVersion
+    from selfreid.reid_model.calibration import AssociationCalibration
 
 __all__ = ["models_app", "train_service_command"]
 
@@ -121,7 +122,8 @@ def list_command(config: ConfigOption = None) -> None:
     (out if out.is_terminal else Console(width=PIPE_WIDTH)).print(table)
 
 
-def _threshold_text(cal) -> str:
+def _threshold_text(cal: AssociationCalibration | None) -> str:
+    """The threshold column: the version's own, or why the matcher's default applies."""
     if cal is None:
         return "- (default)"
     return f"{cal.threshold:.3f}" if cal.informative else f"{cal.threshold:.3f} (uninformative, AUC {cal.auc:.2f}: default)"

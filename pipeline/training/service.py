@@ -39,6 +39,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +108,10 @@ class Snapshot:
     holdout: np.ndarray  # bool [N]
     times: list[float] | None = None  # capture timestamps, seconds (None: a snapshot from before they were kept)
 
-    @property
+    @cached_property
     def groups(self) -> list[str]:
-        """Tracklet label of each crop (a reused track id starts a new tracklet: ``pool_tracklets``)."""
+        """Tracklet label of each crop (a reused track id starts a new tracklet: ``pool_tracklets``);
+        computed once, as callers index it crop by crop."""
         return pool_tracklets(self.camera_ids, self.track_ids, self.times)
 
     def save(self, path: Path) -> None:
@@ -161,10 +163,9 @@ def take_snapshot(pool: PoolStore, cfg: AppConfig, seed: int) -> Snapshot:
     crops = pool.snapshot(cfg.service.snapshot_crops, since)
     _, kept = decode_crops(crops)
     crops = [crops[i] for i in kept]
-    snapshot = Snapshot([c.jpeg for c in crops], [c.camera_id for c in crops], [c.track_id for c in crops],
-                        np.zeros(len(crops), bool), [c.timestamp for c in crops])
-    snapshot.holdout = holdout_mask(snapshot.groups, cfg.service.holdout_fraction, seed)
-    return snapshot
+    cameras, tracks, times = [c.camera_id for c in crops], [c.track_id for c in crops], [c.timestamp for c in crops]
+    mask = holdout_mask(pool_tracklets(cameras, tracks, times), cfg.service.holdout_fraction, seed)
+    return Snapshot([c.jpeg for c in crops], cameras, tracks, mask, times)
 
 
 # --------------------------------------------------------------------------- one cycle
