@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import platform
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -144,5 +145,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not target or not any(r.outcome != "not run" for r in rows):
         return
     path = Path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_without_temp_dirs(render(rows), session.config))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_without_temp_dirs(render(rows), session.config))
+    except OSError as err:  # e.g. a full disk: say so in one line and fail the run, not crash pytest
+        print(f"\nreliability table not written to {path}: {err}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

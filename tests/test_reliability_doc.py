@@ -48,3 +48,21 @@ def test_no_page_without_the_option_and_observe_needs_the_marker(pytester: pytes
     result.assert_outcomes(errors=1)
     assert "needs @pytest.mark.reliability" in result.stdout.str()
     assert not list(pytester.path.glob("*.md"))
+
+
+def test_a_table_that_cannot_be_written_fails_the_run_in_one_line(pytester: pytest.Pytester) -> None:
+    pytester.syspathinsert(HERE)
+    pytester.makeconftest('pytest_plugins = ["reliability_doc"]')
+    pytester.makepyfile(test_cases='''
+        import pytest
+
+        @pytest.mark.reliability("fault", case="c", expected="e")
+        def test_fault(observe):
+            observe("ok")
+    ''')
+    (pytester.path / "not_a_folder").write_text("a file where the table's folder should be")
+    result = pytester.runpytest("--reliability-doc", "not_a_folder/doc.md", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "reliability table not written to not_a_folder/doc.md" in result.stderr.str()
+    assert "Traceback" not in result.stderr.str()
