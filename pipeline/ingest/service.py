@@ -135,6 +135,8 @@ class _Camera:
         self.reader: threading.Thread | None = None
         self.done = False
         self.crashed = False
+        self._in_flight = 0  # frames taken from the queue whose detection/tracking has not ended yet
+        self._in_flight_lock = threading.Lock()
         self._frames_at_tick = 0
         self._source_error: str | None = None
         self.recorded_origin: float | None = None  # the media origin last written to Redis
@@ -162,10 +164,32 @@ class _Camera:
         self.stats.last_error = message
 
     def take(self) -> Frame | None:
+        """The next decoded frame for detection; :meth:`processed` must follow once it is tracked."""
         try:
-            return self.frames.get_nowait()
+            frame = self.frames.get_nowait()
         except queue.Empty:
             return None
+        with self._in_flight_lock:
+            self._in_flight += 1
+        return frame
+
+    def processed(self) -> None:
+        """A frame from :meth:`take` went through detection and tracking (or failed there)."""
+        with self._in_flight_lock:
+            self._in_flight -= 1
+
+    def discard_queued(self) -> None:
+        """Drop the frames decoded after a stop: never detected, not counted."""
+        while True:
+            try:
+                self.frames.get_nowait()
+            except queue.Empty:
+                return
+
+    def drained(self) -> bool:
+        """Every decoded frame has been detected and tracked (its crops are in the pool's queue)."""
+        with self._in_flight_lock:
+            return self._in_flight == 0 and self.frames.empty()
 
     def refresh(self, dt: float) -> None:
         """Fold the source's state and counters into ``stats`` and measure fps over ``dt``."""
@@ -183,8 +207,10 @@ class _Camera:
         elif self.source.state == SourceState.FAILED:
             s.state = SourceState.FAILED
             s.last_error = self.source.last_error or s.last_error
-        elif self.done and self.frames.empty():
+        elif self.done and self.drained():
             s.state = SourceState.FINISHED
+        elif self.source.state == SourceState.FINISHED:  # its source is exhausted, its last frames are not
+            s.state = SourceState.RUNNING
         else:
             s.state = self.source.state
 
@@ -303,22 +329,28 @@ class _Ingest:
         """Tracker thread: per-camera tracker + crop policy, in frame order; crops -> the pool queue."""
         while (item := self.tracked.get()) is not None:
             for (camera, frame), dets in zip(*item):
-                if dets is None:
-                    continue
                 try:
-                    tracks = camera.tracker.update(frame, dets)  # type: ignore[union-attr]
-                    crops = camera.policy.select(frame, tracks)  # type: ignore[union-attr]
-                    if self.on_frame is not None:
-                        self.on_frame(frame, dets, tracks)
-                except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the camera
-                    camera.error("tracking/cropping failed", exc)
-                    continue
-                camera.stats.frames += 1
-                camera.stats.detections += len(dets)
-                if crops:
-                    camera.stats.crops += len(crops)
-                    self.pool.enqueue(crops)
-                    self.crops_ready.set()
+                    if dets is not None:
+                        self._track(camera, frame, dets)
+                finally:
+                    camera.processed()
+
+    def _track(self, camera: _Camera, frame: Frame, dets: list[Detection]) -> None:
+        """One detected frame of one camera: tracker, crop policy, counters; crops -> the pool queue."""
+        try:
+            tracks = camera.tracker.update(frame, dets)  # type: ignore[union-attr]
+            crops = camera.policy.select(frame, tracks)  # type: ignore[union-attr]
+            if self.on_frame is not None:
+                self.on_frame(frame, dets, tracks)
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the camera
+            camera.error("tracking/cropping failed", exc)
+            return
+        camera.stats.frames += 1
+        camera.stats.detections += len(dets)
+        if crops:
+            camera.stats.crops += len(crops)
+            self.pool.enqueue(crops)
+            self.crops_ready.set()
 
     def _write_loop(self, done: threading.Event) -> None:
         """Writer thread: flush the pool queue whenever crops arrive (the pool paces retries)."""
@@ -398,8 +430,7 @@ class _Ingest:
         for camera in self.cameras:
             if camera.reader is not None:
                 camera.reader.join(timeout=5)
-            while camera.take() is not None:  # decoded after stop: never detected, not counted
-                pass
+            camera.discard_queued()
         self.report()
 
     # ------------------------------------------------------------------ reporting

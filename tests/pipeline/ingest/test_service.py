@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from selfreid.pipeline.config import AppConfig, parse_config
+from selfreid.pipeline.config.ingest import CameraConfig
 from selfreid.pipeline.evaluation.detection import detection_recall, load_mot_gt
-from selfreid.pipeline.ingest.service import run_ingest
+from selfreid.pipeline.ingest.service import _Camera, run_ingest
 from selfreid.pipeline.runtime.pool import open_pool
 from selfreid.pipeline.runtime.status import media_origins, read_status
+from selfreid.plugins.contracts import Frame, SourceState
 
 LOOSE_CROPS = {"min_height": 48, "min_width": 16, "min_confidence": 0.3, "every_k_frames": 3}
 
@@ -166,3 +168,25 @@ def test_cli_runs_on_an_embedded_redis_and_reports_bad_configs(shared_data, tmp_
     missing = runner.invoke(app, ["ingest", "--config", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "config file not found" in " ".join(missing.output.split())
     assert "Traceback" not in failed.output + missing.output
+
+
+class _EndedFile:
+    """What a camera reads of a file source whose last frame has been decoded."""
+
+    state = SourceState.FINISHED
+    reconnects = 0
+    counters: dict[str, int] = {}
+    last_error = None
+
+
+def test_a_camera_is_finished_only_once_its_last_frame_is_tracked():
+    camera = _Camera(CameraConfig(id="c", uri="c.avi"), frame_queue=2)
+    camera.source = _EndedFile()  # type: ignore[assignment]
+    camera.frames.put(Frame("c", 0, 0.0, np.zeros((4, 4, 3), np.uint8)))
+    camera.done = True  # the reader thread has ended
+    states = []
+    for step in (lambda: None, camera.take, camera.processed):  # queued, then being detected, then tracked
+        step()
+        camera.refresh(1.0)
+        states.append(camera.stats.state)
+    assert states == ["running", "running", "finished"]
