@@ -14,8 +14,9 @@ trained weights). Two arms, each with its own unlabelled pool and its own labell
 
 Per arm and label-free score (:data:`selfreid.pipeline.training.gate.SCORES`): the Spearman rank
 correlation between the score on the slice and the labelled number over all candidates, and the share
-of correct decisions: the gate's rule (:func:`~selfreid.pipeline.training.gate.judge`, default
-tolerances) promoting each adapted candidate over the parent, against "its labelled number is not below
+of correct decisions: the gate's decision (:func:`~selfreid.pipeline.training.gate.decide`: its rule at
+default tolerances, then the veto of a candidate whose own calibration is uninformative) promoting each
+adapted candidate over the parent, against "its labelled number is not below
 the parent's". Goals (issue 14): Spearman >= 0.7 on each arm, decisions >= 0.8.
 
 Cross-camera scores (:func:`cross_camera_scores`, reported beside the gate's own, not gate options):
@@ -49,7 +50,7 @@ import torch
 from benchmarks._common import limit_threads, sample_data, write_result
 from benchmarks.idf1_vtest import Pool, adapt, product_config, save_init, version_one, vtest_clip, vtest_pool
 from selfreid.pipeline.config.service import GateConfig
-from selfreid.pipeline.training.gate import SCORES, Holdout, PoolScores, judge, pool_scores
+from selfreid.pipeline.training.gate import SCORES, Holdout, PoolScores, decide, pool_scores
 
 SPEARMAN_GOAL = 0.7
 DECISION_GOAL = 0.8
@@ -232,7 +233,7 @@ def rank_scores(table: dict[str, dict[str, Any]], scores: dict[str, PoolScores])
         for name in names:
             if name == PARENT:
                 continue
-            reason, used = judge(_fresh(scores[name]), _fresh(scores[PARENT]), cfg)
+            reason, used = decide(_fresh(scores[name]), _fresh(scores[PARENT]), cfg)
             truth = table[name]["label"] >= table[PARENT]["label"]
             decisions.append({"candidate": name, "promote": reason is None, "better_by_labels": truth,
                               "score_used": used, "reason": reason})

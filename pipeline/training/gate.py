@@ -73,6 +73,8 @@ __all__ = [
     "pool_scores",
     "paired_delta",
     "judge",
+    "calibration_veto",
+    "decide",
     "labelled_scores",
     "run_gate",
     "calibration_rows",
@@ -387,6 +389,14 @@ def calibration_veto(calibration: AssociationCalibration | None) -> str | None:
             "are no closer than co-occurring tracklets, so no match threshold could be read for it")
 
 
+def decide(cand: PoolScores, base: PoolScores | None, cfg: GateConfig, broken_baseline: bool = False
+           ) -> tuple[str | None, str]:
+    """The gate's decision on two models' scores of one slice, as :func:`run_gate` makes it: the rule of
+    :func:`judge`, then :func:`calibration_veto` on the candidate's own calibration."""
+    reason, name = judge(cand, base, cfg, broken_baseline)
+    return reason or calibration_veto(cand.calibration), name
+
+
 def run_gate(candidate_onnx: str | Path, baseline_onnx: str | Path | None, holdout: Holdout, cfg: GateConfig,
              candidate_model: torch.nn.Module | None = None) -> GateDecision:
     """Decide whether ``candidate_onnx`` may replace ``baseline_onnx`` (None = nothing serves yet:
@@ -404,8 +414,7 @@ def run_gate(candidate_onnx: str | Path, baseline_onnx: str | Path | None, holdo
     if cand is None:
         return GateDecision(False, "non-finite embeddings from the exported candidate", evidence=asdict(evidence))
     base = _measure(Path(baseline_onnx), holdout, cfg) if baseline_onnx else None
-    reason, name = judge(cand, base, cfg, broken_baseline=bool(baseline_onnx) and base is None)
-    reason = reason or calibration_veto(cand.calibration)
+    reason, name = decide(cand, base, cfg, broken_baseline=bool(baseline_onnx) and base is None)
     base_values = base.values if base is not None else {}
     calibrations = (cand.calibration.to_dict() if cand.calibration else None,
                     base.calibration.to_dict() if base is not None and base.calibration else None)

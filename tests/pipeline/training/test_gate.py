@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from selfreid.pipeline.training.gate import (
     _compare,
     calibration_rows,
     calibration_veto,
+    decide,
     evidence_text,
     labelled_scores,
     nonfinite_parameters,
@@ -225,3 +227,8 @@ def test_a_candidate_with_an_uninformative_calibration_of_its_own_is_vetoed():
     assert calibration_veto(calibrate_scores([0.9, 0.8, 0.85], [0.2, 0.3, 0.25])) is None
     reason = calibration_veto(calibrate_scores([0.69, 0.60, 0.72], [0.75, 0.80, 0.70]))
     assert reason is not None and "uninformative (AUC 0.11)" in reason
+    good_emb, slice_ = _synthetic_slice(noise=0.2)
+    good, poor = pool_scores(good_emb, slice_), pool_scores(_synthetic_slice(noise=1.5)[0], slice_)
+    assert decide(good, poor, GateConfig()) == (None, "separation")
+    inverted = replace(good, calibration=calibrate_scores([0.69, 0.60, 0.72], [0.75, 0.80, 0.70]))
+    assert decide(inverted, poor, GateConfig())[0] == reason, "the benchmarks' gate decides as run_gate does"
