@@ -109,6 +109,10 @@ class SiteConfig(_Frozen):
     identities: int | None = Field(
         None, ge=1, description="People in the pool for the window correction; None = tracklets / cameras."
     )
+    cross_camera_positives: int = Field(
+        0, ge=0, description="Of the P positives, this many are the anchor's nearest crops in other cameras "
+        "(inter-camera positives; tracklet positives are all from the anchor's own camera). 0 = off.",
+    )
 
 
 class InterpolationConfig(_Frozen):

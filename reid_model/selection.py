@@ -60,11 +60,12 @@ class Constraints:
 
     ``must_link`` slots rank first as positives and are never negatives; ``ignore`` slots are
     neither; ``cannot_link`` slots are never positives and the nearest of them fill the guaranteed
-    negative columns."""
+    negative columns; ``other_camera`` marks the slots another camera saw (inter-camera positives)."""
 
     must_link: torch.Tensor | None = None
     ignore: torch.Tensor | None = None
     cannot_link: torch.Tensor | None = None
+    other_camera: torch.Tensor | None = None
 
 
 _GROUP_FIRST = 1e6
@@ -116,6 +117,20 @@ def _nearest(key: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]
     return idx, torch.isfinite(values)
 
 
+def _positives(rank_key: torch.Tensor, dist: torch.Tensor, count: int, cross_camera: int,
+               other_camera: torch.Tensor | None) -> torch.Tensor:
+    """``[B, count]`` positive slots: the ``rank_key`` order, except that the last ``cross_camera`` are
+    the nearest (``dist``) slots of other cameras, as far as every row has that many."""
+    if other_camera is not None:
+        cross_key = dist.masked_fill(~other_camera, float("inf"))
+        cross_camera = min(cross_camera, count, int(torch.isfinite(cross_key).sum(1).min()))
+    if other_camera is None or not cross_camera:
+        return _nearest(rank_key, count)[0]
+    cross, _ = _nearest(cross_key, cross_camera)
+    rest = rank_key.scatter(1, cross, float("inf"))
+    return torch.cat([_nearest(rest, count - cross_camera)[0], cross], dim=1)
+
+
 def select_neighbours(
     dist: torch.Tensor,
     index: torch.Tensor,
@@ -124,12 +139,14 @@ def select_neighbours(
     constraints: Constraints | None = None,
     guaranteed: int = 0,
     skip: int = 0,
+    cross_camera: int = 0,
 ) -> Selection:
     """P nearest as positives, the next K as negatives; ``index`` ``[B]`` are the anchors' own slots.
 
     With ``constraints``: must-link slots rank first as positives, cannot-link slots are never
     positives and the ``guaranteed`` nearest of them take their own columns (as many as the best-off
-    row has; padded with the anchor's slot, marked invalid, in rows with fewer); ``skip`` drops that many ranks before the window.
+    row has; padded with the anchor's slot, marked invalid, in rows with fewer); ``skip`` drops that many ranks before the window;
+    ``cross_camera`` of the P positives are the nearest slots of other cameras (``other_camera``).
     P and K shrink when some row has too few candidates."""
     c = constraints or Constraints()
     rows = torch.arange(len(index), device=dist.device)
@@ -145,7 +162,7 @@ def select_neighbours(
         rank_key = rank_key.masked_fill(c.cannot_link, float("inf"))
     p, k = effective_counts(positives, negatives, dist.shape[1])
     p = min(p, int(torch.isfinite(rank_key).sum(1).min()))
-    pos, _ = _nearest(rank_key, p)
+    pos = _positives(rank_key, dist.masked_fill(excluded, float("inf")), p, cross_camera, c.other_camera)
     excluded[rows[:, None], pos] = True
     columns, valid = [index[:, None], pos], [torch.ones(len(index), 1 + p, dtype=torch.bool, device=dist.device)]
     candidates = c.cannot_link & ~excluded if c.cannot_link is not None else torch.zeros_like(excluded)

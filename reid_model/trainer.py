@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -253,8 +253,11 @@ class SCLTrainer:
         )
         if self.structure is not None:
             site = self.structure.constraints(idx)
+            cross = self.cfg.site.cross_camera_positives
+            if cross:
+                site = replace(site, other_camera=self.cams[idx][:, None] != self.cams[None, :])
             guaranteed = self.cfg.site.cannot_link_negatives
-            return select_neighbours(dist, idx, self.P, self.K, site, guaranteed, self.skip)
+            return select_neighbours(dist, idx, self.P, self.K, site, guaranteed, self.skip, cross)
         constraints = group_constraints(self.groups, idx) if self.groups is not None else None
         return select_neighbours(dist, idx, self.P, self.K, constraints)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -62,6 +63,20 @@ def test_site_selection_picks_tracklet_positives_and_guaranteed_negatives() -> N
     assert select_neighbours(DIST, torch.tensor([0]), 2, 3).index[0, 1:3].tolist() == [1, 3]
 
 
+def test_cross_camera_positives_take_the_nearest_crops_of_other_cameras() -> None:
+    dist = DIST.clone()
+    dist[0, 7] = 0.7  # camera 1's nearest crop is now slot 8 (0.4); camera 0's slots 6 (0.2) and 5 (0.3) are nearer
+    idx = torch.tensor([0])
+    other = torch.tensor(CAMERA)[idx][:, None] != torch.tensor(CAMERA)[None, :]
+    c = replace(_structure().constraints(idx), other_camera=other)
+    assert select_neighbours(dist, idx, positives=2, negatives=3, constraints=c).index[0, 1:3].tolist() == [2, 6]
+    sel = select_neighbours(dist, idx, positives=2, negatives=3, constraints=c, cross_camera=1)
+    assert sel.index[0, 1:3].tolist() == [2, 8]  # the own tracklet's crop, then camera 1's nearest
+    assert 8 not in sel.index[0, 3:].tolist() and 6 in sel.index[0, 3:].tolist()
+    everyone = select_neighbours(dist, idx, positives=2, negatives=3, constraints=c, cross_camera=5)
+    assert everyone.positives == 2 and everyone.index[0, 1:3].tolist() == [8, 7], "at most P, nearest first"
+
+
 def test_missing_guaranteed_negatives_are_padded_and_marked_invalid() -> None:
     s = _structure()
     dist = torch.cat([DIST, DIST.roll(5, dims=1)])
@@ -113,13 +128,15 @@ def test_hidden_positives_count_the_anchors_crops_beyond_the_positives() -> None
     assert hidden_positives(100, 50, 7) == 0.0  # two crops per person: none left over
 
 
-@pytest.mark.parametrize("window", ["debiased", "skip", "seed"])
-def test_site_mode_trains_and_logs_its_structure(tiny_cfg, tiny_crops, tmp_path, window) -> None:
+@pytest.mark.parametrize("site", [{"window": "debiased"}, {"window": "skip"}, {"window": "seed"},
+                                  {"window": "debiased", "cross_camera_positives": 1}],
+                         ids=["debiased", "skip", "seed", "cross-camera"])
+def test_site_mode_trains_and_logs_its_structure(tiny_cfg, tiny_crops, tmp_path, site) -> None:
     images, cams = tiny_crops
     groups = [f"{c}/{i // 6}" for i, c in enumerate(cams)]  # 6 tracklets of 2 crops
     times = [float(i % 6) for i in range(12)]
     cfg = TrainConfig.model_validate(
-        {**tiny_cfg.model_dump(), "mode": "site", "site": {"window": window, "cannot_link_negatives": 2}}
+        {**tiny_cfg.model_dump(), "mode": "site", "site": {**site, "cannot_link_negatives": 2}}
     )
     result = SCLTrainer(cfg, progress=False).fit(ArrayCropDataset(images, cams, groups, times), tmp_path)
     assert result.finished and math.isfinite(result.metrics["loss"])
