@@ -423,7 +423,7 @@ class _Ingest:
         self.pool.flush(timeout_s=self.cfg.ingest.flush_timeout_s)
         if lost := self.pool.drop_queued():
             log.error(
-                "ingest: Redis unavailable at stop; %d crops not written, counted as dropped (%s)",
+                "ingest: Redis did not take %d crops before the stop; counted as dropped (%s)",
                 lost,
                 self.pool.stats.last_error,
             )

@@ -68,6 +68,10 @@ __all__ = ["RedisStreamPool", "PoolWriteStats", "parse_crop_id"]
 log = logging.getLogger(__name__)
 
 REDIS_ERRORS = (redis.RedisError, OSError)
+WRITE_PROBLEMS = {  # why a write failed, as the log says it
+    "full": "Redis is full (maxmemory reached: raise maxmemory, or lower pool.params.max_len_per_camera)",
+    "unavailable": "Redis unavailable",
+}
 
 
 def parse_crop_id(crop_id: str) -> tuple[str, str]:
@@ -154,6 +158,7 @@ class RedisStreamPool:
         self._write_lock = threading.Lock()
         self._retry_at = 0.0
         self._backoff = self.settings.retry_s
+        self._write_problem: str | None = None  # "full" | "unavailable" while writes fail (logged once per change)
         self._last_ms: dict[str, int] = {}
         self._groups_ready: dict[str, set[str]] = {}
         self._carry: dict[tuple[str, str], deque[Crop]] = {}
@@ -257,6 +262,7 @@ class RedisStreamPool:
                 self._requeue(batch, exc)
                 return False
             self._backoff = self.settings.retry_s
+            self._write_problem = None
             self.stats.connected = True
             self.stats.written += len(batch)
             self.stats.written_by_camera.update(c.camera_id for c in batch)
@@ -272,11 +278,13 @@ class RedisStreamPool:
         with self._queue_lock:
             self._queue.extendleft(reversed(batch))
             self._drop_overflow()
-        if self.stats.connected:
-            log.warning(
-                "pool: Redis unavailable (%s); holding up to %d crops locally", exc, self.settings.max_queue
-            )
-        self.stats.connected = False
+        # A full Redis (maxmemory with noeviction) answers, but refuses every write until memory is freed.
+        problem = "full" if isinstance(exc, redis.exceptions.OutOfMemoryError) else "unavailable"
+        if problem != self._write_problem:
+            cause = WRITE_PROBLEMS[problem]
+            log.warning("pool: %s (%s); holding up to %d crops locally", cause, exc, self.settings.max_queue)
+        self._write_problem = problem
+        self.stats.connected = problem == "full"
         self.stats.write_errors += 1
         self.stats.last_error = str(exc) or type(exc).__name__
         self._retry_at = time.monotonic() + self._backoff

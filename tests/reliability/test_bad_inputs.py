@@ -570,7 +570,7 @@ def test_redis_wrong_password(observe, tmp_path, own_redis, shared_data) -> None
 
 @bad_input("Redis out of memory (maxmemory + noeviction) during ingest",
            "ingest reports the OOM error, holds the crops (no crash), and writes every one once memory is freed")
-def test_redis_out_of_memory(observe, tmp_path, own_redis, shared_data) -> None:
+def test_redis_out_of_memory(observe, tmp_path, own_redis, shared_data, caplog) -> None:
     server, admin = own_redis
     admin.config_set("maxmemory-policy", "noeviction")
     admin.config_set("maxmemory", 1)  # below what the server already uses: every write is refused
@@ -594,10 +594,14 @@ def test_redis_out_of_memory(observe, tmp_path, own_redis, shared_data) -> None:
         thread.join(timeout=60)
     assert not thread.is_alive()
     stats, stored = result["cam"], open_pool(cfg, admin).count()
-    observe(f"while full: '{during.last_error}', {during.queued} crops held, connected={during.connected}; "
+    observe(f"while full: log '{next((r.getMessage() for r in caplog.records if 'Redis is full' in r.getMessage()), '')}', "
+            f"'{during.last_error}', {during.queued} crops held, connected={during.connected}; "
             f"after memory was freed: {stats.written} of {stats.crops} crops written, {stats.crop_drops} dropped, "
             f"{stored} in Redis")
     assert stats.crops > 0 and stats.written == stats.crops == stored and stats.crop_drops == 0
+    full = [r.getMessage() for r in caplog.records if "Redis is full" in r.getMessage()]
+    assert len(full) == 1 and "raise maxmemory" in full[0], "the cause is named, once"
+    assert during.connected, "a full Redis is reachable: not reported as down"
 
 
 # ---------------------------------------------------------------------------------------------
