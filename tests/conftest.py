@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +19,6 @@ pytest_plugins = ["serving_fixtures", "reliability_doc", "pytester"]
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".yolo"))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-
-
-def pytest_report_header(config: pytest.Config) -> str:
-    """Free disk where the tests write (pytest's temp folders, the work tree): a full disk shows up as
-    errors in every test that makes a folder, and this line names the cause."""
-    places = {"temp": Path(tempfile.gettempdir()), "work tree": REPO}
-    free = ", ".join(f"{name} {shutil.disk_usage(path).free / 2**30:.1f} GiB" for name, path in places.items())
-    return f"free disk: {free}"
 
 
 @pytest.fixture(scope="session")
