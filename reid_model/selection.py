@@ -117,14 +117,15 @@ def _nearest(key: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]
     return idx, torch.isfinite(values)
 
 
-def _positives(rank_key: torch.Tensor, dist: torch.Tensor, count: int, cross_camera: int,
+def _positives(rank_key: torch.Tensor, dist: torch.Tensor, excluded: torch.Tensor, count: int, cross_camera: int,
                other_camera: torch.Tensor | None) -> torch.Tensor:
     """``[B, count]`` positive slots: the ``rank_key`` order, except that the last ``cross_camera`` are
-    the nearest (``dist``) slots of other cameras, as far as every row has that many."""
-    if other_camera is not None:
-        cross_key = dist.masked_fill(~other_camera, float("inf"))
-        cross_camera = min(cross_camera, count, int(torch.isfinite(cross_key).sum(1).min()))
-    if other_camera is None or not cross_camera:
+    the nearest (``dist``, ``excluded`` left out) slots of other cameras, as far as every row has that many."""
+    if other_camera is None or not cross_camera:  # the default: no extra pass over the [B, N] matrices
+        return _nearest(rank_key, count)[0]
+    cross_key = dist.masked_fill(excluded | ~other_camera, float("inf"))
+    cross_camera = min(cross_camera, count, int(torch.isfinite(cross_key).sum(1).min()))
+    if not cross_camera:
         return _nearest(rank_key, count)[0]
     cross, _ = _nearest(cross_key, cross_camera)
     rest = rank_key.scatter(1, cross, float("inf"))
@@ -162,7 +163,7 @@ def select_neighbours(
         rank_key = rank_key.masked_fill(c.cannot_link, float("inf"))
     p, k = effective_counts(positives, negatives, dist.shape[1])
     p = min(p, int(torch.isfinite(rank_key).sum(1).min()))
-    pos = _positives(rank_key, dist.masked_fill(excluded, float("inf")), p, cross_camera, c.other_camera)
+    pos = _positives(rank_key, dist, excluded, p, cross_camera, c.other_camera)
     excluded[rows[:, None], pos] = True
     columns, valid = [index[:, None], pos], [torch.ones(len(index), 1 + p, dtype=torch.bool, device=dist.device)]
     candidates = c.cannot_link & ~excluded if c.cannot_link is not None else torch.zeros_like(excluded)
